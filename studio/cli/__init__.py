@@ -1,0 +1,43 @@
+"""``studio`` command line: one module per sub-command, each with ``add_parser`` and ``run``.
+
+User errors (``StudioError``) print one line naming the file and exit 2; a traceback
+means a bug in the studio, never in the user's input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from studio.errors import StudioError
+
+# Sub-command modules under studio.cli, in the order `studio --help` lists them.
+COMMANDS = ["train", "dataset", "inspect", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="studio", description="Train, blend and export Stable Diffusion style LoRA adapters."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"studio.cli.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except StudioError as exc:
+        print(f"studio: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("studio: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint is a directory written atomically (``step-000100/``): LoRA parameters
+(safetensors), optimizer and LR-scheduler state (``torch.save``, read back with
+``weights_only=True`` so nothing is unpickled beyond tensors and plain containers), the
+noise generator's state, and the position in the run. A crash mid-save leaves the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from studio.atomic import atomic_dir
+from studio.errors import StudioError
+
+_PREFIX = "step-"
+
+
+@dataclass
+class TrainingState:
+    step: int  # optimizer steps done
+    micro_step: int  # batches consumed (step * gradient accumulation)
+    losses: list[float]
+
+
+def trainable_state(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    return {
+        f"{component}/{name}": param.detach().float().cpu().contiguous()
+        for component, model in models.items()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def save_checkpoint(
+    run_dir: Path,
+    state: TrainingState,
+    models: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    generator: torch.Generator,
+    config: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    target = run_dir / "checkpoints" / f"{_PREFIX}{state.step:06d}"
+    with atomic_dir(target) as tmp:
+        save_file(trainable_state(models), str(tmp / "lora.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
+        save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(
+            json.dumps(
+                {"step": state.step, "micro_step": state.micro_step, "losses": state.losses, "config": config}
+            )
+        )
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith(_PREFIX) and (p / "state.json").is_file())
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory or a run directory (its latest checkpoint)."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise StudioError(
+            "no checkpoint found to resume from",
+            path=path,
+            hint="pass a run directory (<output>-run) or one of its checkpoints/step-NNNNNN folders",
+        )
+    return found[-1]
+
+
+def load_checkpoint(
+    checkpoint: Path,
+    models: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    generator: torch.Generator,
+) -> TrainingState:
+    info = json.loads((checkpoint / "state.json").read_text())
+    tensors = load_file(str(checkpoint / "lora.safetensors"))
+    expected = trainable_state(models)
+    if {k: v.shape for k, v in tensors.items()} != {k: v.shape for k, v in expected.items()}:
+        raise StudioError(
+            "checkpoint does not match this run's adapter (different preset, rank, model or text-encoder setting)",
+            path=checkpoint,
+        )
+    with torch.no_grad():
+        for component, model in models.items():
+            params = dict(model.named_parameters())
+            for key, value in tensors.items():
+                owner, _, name = key.partition("/")
+                if owner == component:
+                    params[name].copy_(value)
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+    generator.set_state(load_file(str(checkpoint / "rng.safetensors"))["state"])
+    return TrainingState(info["step"], info["micro_step"], list(info.get("losses", [])))

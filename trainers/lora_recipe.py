@@ -1,0 +1,344 @@
+"""The LoRA training recipe: dataset -> base -> adapter -> loop -> kohya file.
+
+Read top to bottom, this is the whole run. Each step is a small component from
+``studio`` (data, models, lora, formats) or ``trainers`` (encoding, loss, optim,
+checkpoint, sampling); accelerate handles devices, mixed precision, gradient
+accumulation and multi-GPU data parallelism.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from diffusers.training_utils import cast_training_params
+from tqdm.auto import tqdm
+
+from studio.config import TrainConfig
+from studio.data import (
+    DatasetConfig,
+    caption_for_sample,
+    epoch_batches,
+    expand_samples,
+    load_training_image,
+    scan_dataset,
+)
+from studio.errors import TrainingDiverged
+from studio.lora.inject import extract_lora, inject_lora
+from studio.models.family import ModelFamily
+from studio.models.loader import load_base
+from trainers.checkpoint import TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from trainers.encoding import ContentCache, encode_latents, encode_text, sdxl_time_ids
+from trainers.export import export_adapter
+from trainers.loss import diffusion_loss, diffusion_target, sample_noise, sample_timesteps
+from trainers.optim import build_lr_scheduler, build_optimizer
+from trainers.sampling import render_samples
+
+
+@dataclass
+class StepEvent:
+    """Sent to ``on_step`` after every optimizer step (the app draws its progress from it)."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    images_per_second: float
+    samples: list[Path] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    outputs: list[Path]
+    run_dir: Path
+    steps: int
+    losses: list[float]
+    seconds: float
+    images_per_second: float
+
+
+def _mixed_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = None) -> TrainResult:
+    config.validate()
+    started = time.time()
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(config.mixed_precision),
+        gradient_accumulation_steps=config.gradient_accumulation,
+    )
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+
+    # 1. Data and base model.
+    base = load_base(config.base)
+    family, components = base.family, base.components
+    resolution = config.resolution or family.default_resolution
+    data_config = DatasetConfig(
+        root=config.data,
+        trigger=config.trigger,
+        resolution=resolution,
+        bucket_step=config.bucket_step,
+        random_crop=config.random_crop,
+        shuffle_tags=config.shuffle_tags,
+        keep_tokens=config.keep_tokens,
+        caption_dropout=config.caption_dropout,
+    )
+    dataset = scan_dataset(data_config)
+    items = dataset.items
+    samples = expand_samples(items)
+
+    # 2. Adapter: frozen base in the compute dtype, LoRA parameters in fp32.
+    torch.manual_seed(config.seed)
+    inject_lora(
+        components, family, config.rank, config.effective_alpha, config.preset, config.train_text_encoder
+    )
+    te_names = list(family.text_encoder_names)
+    trainable = {"unet": components["unet"]}
+    if config.train_text_encoder:
+        trainable.update({name: components[name] for name in te_names})
+    for name in ("vae", "unet", *te_names):
+        components[name].to(device, dtype=torch.float32 if name == "vae" else weight_dtype)
+    cast_training_params(list(trainable.values()), dtype=torch.float32)
+    if config.gradient_checkpointing:
+        components["unet"].enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            for name in te_names:
+                components[name].gradient_checkpointing_enable({"use_reentrant": False})
+
+    # 3. Optimizer and schedule.
+    batches_per_epoch = math.ceil(
+        len(epoch_batches(items, config.batch_size, config.seed, 0)) / accelerator.num_processes
+    )
+    steps_per_epoch = max(1, batches_per_epoch // config.gradient_accumulation)
+    total_steps = config.steps or steps_per_epoch * (config.epochs or 10)
+    groups = [{"params": [p for p in components["unet"].parameters() if p.requires_grad], "lr": config.lr}]
+    for name in te_names if config.train_text_encoder else []:
+        groups.append(
+            {
+                "params": [p for p in components[name].parameters() if p.requires_grad],
+                "lr": config.effective_te_lr,
+            }
+        )
+    optimizer = build_optimizer(groups, config.optimizer, config.lr, config.weight_decay, device)
+    lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, total_steps)
+    prepared = accelerator.prepare(*trainable.values(), optimizer)
+    models = dict(zip(trainable, prepared[:-1]))
+    optimizer = prepared[-1]
+
+    generator = torch.Generator().manual_seed(config.seed)
+    run_dir = config.effective_run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.toml")
+    state = TrainingState(step=0, micro_step=0, losses=[])
+    if config.resume:
+        checkpoint = resolve_checkpoint(config.resume)
+        state = load_checkpoint(checkpoint, trainable, optimizer, lr_scheduler, generator)
+        accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+
+    # 4. Caches: latents by (image, bucket), frozen text outputs by caption text.
+    noise_scheduler = DDPMScheduler.from_config(base.pipeline.scheduler.config)
+
+    def make_latent(index: int):
+        item = items[index]
+        pixels, original_size, crop = load_training_image(item, item.bucket, None)
+        return encode_latents(components["vae"], pixels[None]).to(weight_dtype)[0], original_size, crop
+
+    latent_cache = ContentCache(make_latent)
+    if not config.random_crop:
+        for index in tqdm(range(len(items)), desc="caching latents", disable=not accelerator.is_main_process):
+            latent_cache.get(index)
+    text_cache = ContentCache(
+        lambda caption: tuple(
+            t if t is None else t.detach()
+            for t in torch.no_grad()(encode_text)(components, family, [caption], device)
+        )
+    )
+
+    def latent_for(sample: int, rng: random.Random):
+        index = samples[sample]
+        if not config.random_crop:
+            return latent_cache.get(index)
+        item = items[index]
+        pixels, original_size, crop = load_training_image(item, item.bucket, rng)
+        return encode_latents(components["vae"], pixels[None]).to(weight_dtype)[0], original_size, crop
+
+    def text_for(captions: list[str]):
+        if config.train_text_encoder:
+            return encode_text(components, family, captions, device)
+        encoded = [text_cache.get(c) for c in captions]
+        hidden = torch.cat([e[0] for e in encoded])
+        pooled = None if encoded[0][1] is None else torch.cat([e[1] for e in encoded])
+        return hidden, pooled
+
+    sample_prompts = config.sample_prompts or _default_sample_prompts(config.trigger, items)
+
+    # 5. The loop.
+    progress = tqdm(
+        total=total_steps, initial=state.step, desc="training", disable=not accelerator.is_main_process
+    )
+    epoch_cache: dict[int, list[list[int]]] = {}
+    window_loss, window_images, tick = 0.0, 0, time.time()
+    for model in models.values():
+        model.train()
+    while state.step < total_steps:
+        epoch, position = divmod(state.micro_step, batches_per_epoch)
+        if epoch not in epoch_cache:
+            epoch_cache.clear()
+            all_batches = epoch_batches(items, config.batch_size, config.seed, epoch)
+            epoch_cache[epoch] = all_batches[accelerator.process_index :: accelerator.num_processes]
+        batch = epoch_cache[epoch][position % len(epoch_cache[epoch])]
+
+        rngs = [random.Random(f"{config.seed}:{epoch}:{s}") for s in batch]
+        encoded = [latent_for(s, rng) for s, rng in zip(batch, rngs)]
+        latents = torch.stack([e[0] for e in encoded]).to(device)
+        captions = [caption_for_sample(items[samples[s]], data_config, rng) for s, rng in zip(batch, rngs)]
+
+        with accelerator.accumulate(*models.values()):
+            hidden, pooled = text_for(captions)
+            noise = sample_noise(latents, generator, config.noise_offset)
+            timesteps = sample_timesteps(
+                len(batch), noise_scheduler.config.num_train_timesteps, generator, device
+            )
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            added = None
+            if family is ModelFamily.SDXL:
+                h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
+                time_ids = sdxl_time_ids([e[1] for e in encoded], [e[2] for e in encoded], (h, w), device)
+                added = {"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids.to(weight_dtype)}
+            prediction = models["unet"](
+                noisy, timesteps, hidden.to(weight_dtype), added_cond_kwargs=added, return_dict=False
+            )[0]
+            target = diffusion_target(noise_scheduler, latents, noise, timesteps)
+            loss = diffusion_loss(prediction, target, timesteps, noise_scheduler, config.min_snr_gamma)
+            if not torch.isfinite(loss):
+                last = _last_checkpoint_text(run_dir)
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at step {state.step + 1}; {last}",
+                    hint="lower --lr, use --mixed-precision bf16 or no, or check the dataset",
+                )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm:
+                accelerator.clip_grad_norm_(
+                    [p for m in models.values() for p in m.parameters() if p.requires_grad],
+                    config.max_grad_norm,
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        state.micro_step += 1
+        window_loss += loss.item() / config.gradient_accumulation
+        window_images += len(batch) * accelerator.num_processes
+        if not accelerator.sync_gradients:
+            continue
+        lr_scheduler.step()
+        state.step += 1
+        state.losses.append(window_loss)
+        now = time.time()
+        event = StepEvent(
+            step=state.step,
+            total_steps=total_steps,
+            epoch=epoch,
+            loss=window_loss,
+            lr=lr_scheduler.get_last_lr()[0],
+            images_per_second=window_images / max(now - tick, 1e-9),
+        )
+        window_loss, window_images, tick = 0.0, 0, now
+        progress.update(1)
+        progress.set_postfix(
+            loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", img_s=f"{event.images_per_second:.1f}"
+        )
+
+        if accelerator.is_main_process:
+            _append_metrics(run_dir, event)
+            if (
+                config.checkpoint_every
+                and state.step % config.checkpoint_every == 0
+                and state.step < total_steps
+            ):
+                event.checkpoint = save_checkpoint(
+                    run_dir, state, trainable, optimizer, lr_scheduler, generator, config.to_dict(),
+                    config.keep_checkpoints,
+                )  # fmt: skip
+            if config.sample_every and state.step % config.sample_every == 0:
+                event.samples = _samples(
+                    base.pipeline, models, sample_prompts, run_dir, state.step, resolution, config
+                )
+        if on_step:
+            on_step(event)
+    progress.close()
+
+    # 6. Save: a final checkpoint (so the run can be extended) and the exported adapter.
+    accelerator.wait_for_everyone()
+    outputs: list[Path] = []
+    if accelerator.is_main_process:
+        save_checkpoint(
+            run_dir,
+            state,
+            trainable,
+            optimizer,
+            lr_scheduler,
+            generator,
+            config.to_dict(),
+            config.keep_checkpoints,
+        )
+        unwrapped = {k: accelerator.unwrap_model(v) for k, v in components.items() if k in trainable}
+        lora = extract_lora({**components, **unwrapped})
+        outputs = export_adapter(config, base, lora, dataset, resolution, total_steps, started)
+    seconds = time.time() - started
+    images = state.micro_step * config.batch_size * accelerator.num_processes
+    return TrainResult(outputs, run_dir, state.step, state.losses, seconds, images / max(seconds, 1e-9))
+
+
+def _default_sample_prompts(trigger: str | None, items: list[Any]) -> list[str]:
+    prompts = [trigger] if trigger else []
+    prompts += [item.caption for item in items[:2]]
+    return [p for p in prompts if p] or ["a picture"]
+
+
+def _samples(pipeline, models, prompts, run_dir: Path, step: int, resolution: int, config: TrainConfig):
+    for model in models.values():
+        model.eval()
+    try:
+        return render_samples(
+            pipeline, prompts, run_dir / "samples", step, resolution, config.sample_steps, config.seed
+        )
+    finally:
+        for model in models.values():
+            model.train()
+
+
+def _append_metrics(run_dir: Path, event: StepEvent) -> None:
+    record = {
+        "step": event.step,
+        "loss": event.loss,
+        "lr": event.lr,
+        "img_s": round(event.images_per_second, 3),
+    }
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _last_checkpoint_text(run_dir: Path) -> str:
+    from trainers.checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    return f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"

@@ -1,0 +1,53 @@
+"""The denoising objective: noise, timesteps, target, and Min-SNR weighting."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+
+
+def sample_noise(
+    latents: torch.Tensor, generator: torch.Generator, noise_offset: float = 0.0
+) -> torch.Tensor:
+    """Gaussian noise drawn from ``generator`` (kept on the CPU so its state can be saved and resumed)."""
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    if noise_offset:
+        # Offset noise lets the model learn overall brightness (very dark / light styles).
+        noise += noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
+    return noise.to(latents.device, latents.dtype)
+
+
+def sample_timesteps(
+    batch: int, num_train_timesteps: int, generator: torch.Generator, device
+) -> torch.Tensor:
+    return torch.randint(0, num_train_timesteps, (batch,), generator=generator).to(device)
+
+
+def diffusion_target(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    prediction = scheduler.config.prediction_type
+    if prediction == "epsilon":
+        return noise
+    if prediction == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction type {prediction!r}")
+
+
+def diffusion_loss(
+    model_pred: torch.Tensor,
+    target: torch.Tensor,
+    timesteps: torch.Tensor,
+    scheduler,
+    min_snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """MSE in fp32, optionally Min-SNR-γ weighted (Hang et al. 2023) per sample."""
+    per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if not min_snr_gamma:
+        return per_sample.mean()
+    snr = compute_snr(scheduler, timesteps)
+    weight = torch.clamp(snr, max=min_snr_gamma) / snr
+    if scheduler.config.prediction_type == "v_prediction":
+        weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1)
+    return (per_sample * weight).mean()
