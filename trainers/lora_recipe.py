@@ -8,6 +8,7 @@ accumulation and multi-GPU data parallelism.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -35,7 +36,7 @@ from studio.data import (
 from studio.errors import TrainingDiverged
 from studio.lora.inject import extract_lora, inject_lora
 from studio.models.family import ModelFamily
-from studio.models.loader import load_base
+from studio.models.loader import BaseModel, load_base
 from trainers.checkpoint import TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from trainers.encoding import ContentCache, encode_latents, encode_text, sdxl_time_ids
 from trainers.export import export_adapter
@@ -60,6 +61,7 @@ class StepEvent:
 
 @dataclass
 class TrainResult:
+    base: BaseModel  # the base with the trained adapter still attached (for previews)
     outputs: list[Path]
     run_dir: Path
     steps: int
@@ -78,9 +80,10 @@ def _mixed_precision(requested: str) -> str:
 
 def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = None) -> TrainResult:
     config.validate()
+    config = dataclasses.replace(config, mixed_precision=_mixed_precision(config.mixed_precision))
     started = time.time()
     accelerator = Accelerator(
-        mixed_precision=_mixed_precision(config.mixed_precision),
+        mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation,
     )
     device = accelerator.device
@@ -116,7 +119,10 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
     if config.train_text_encoder:
         trainable.update({name: components[name] for name in te_names})
     for name in ("vae", "unet", *te_names):
-        components[name].to(device, dtype=torch.float32 if name == "vae" else weight_dtype)
+        dtype = torch.float32 if name == "vae" else weight_dtype
+        components[name].to(device)
+        if components[name].dtype != dtype:
+            components[name].to(dtype=dtype)
     cast_training_params(list(trainable.values()), dtype=torch.float32)
     if config.gradient_checkpointing:
         components["unet"].enable_gradient_checkpointing()
@@ -305,7 +311,7 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
         outputs = export_adapter(config, base, lora, dataset, resolution, total_steps, started)
     seconds = time.time() - started
     images = state.micro_step * config.batch_size * accelerator.num_processes
-    return TrainResult(outputs, run_dir, state.step, state.losses, seconds, images / max(seconds, 1e-9))
+    return TrainResult(base, outputs, run_dir, state.step, state.losses, seconds, images / max(seconds, 1e-9))
 
 
 def _default_sample_prompts(trigger: str | None, items: list[Any]) -> list[str]:
