@@ -23,6 +23,7 @@ class TrainConfig:
     # What to train on and where the result goes.
     data: str = ""
     base: str = "default"
+    base_config: str | None = None  # diffusers folder describing a single-file --base (needed offline)
     output: str = "adapter.safetensors"
     run_dir: str | None = None  # checkpoints, samples, logs; default: "<output stem>-run" beside output
     format: str = "kohya"  # kohya | diffusers | both

@@ -70,7 +70,7 @@ def test_single_file_without_config_offline_says_what_to_pass(tmp_path):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, str(path))
     with pytest.raises(StudioError) as info:
         load_base(path)
-    assert "--config" in str(info.value) and str(path) in str(info.value)
+    assert "--base-config" in str(info.value) and str(path) in str(info.value)
 
 
 def test_missing_path_and_non_model_folder(tmp_path):

@@ -165,3 +165,32 @@ def test_cli_trains_from_a_config_file_with_flag_overrides(dataset, tmp_path):
     assert main(["train", "--config", str(config), "--steps", "2", "--output", str(out), "--no-te"]) == 0
     keys = set(load_file(str(out)))
     assert keys and not any(k.startswith("lora_te") for k in keys)
+
+
+def test_gradient_checkpointing_gives_the_same_training(dataset, tmp_path):
+    plain = train(_config(dataset, tmp_path / "plain", steps=2))
+    checkpointed = train(_config(dataset, tmp_path / "ckpt", steps=2, gradient_checkpointing=True))
+    np.testing.assert_allclose(checkpointed.losses, plain.losses, rtol=1e-5)
+
+
+def test_samples_and_checkpoints_are_written_on_schedule(dataset, tmp_path):
+    events = []
+    config = _config(
+        dataset,
+        tmp_path,
+        steps=4,
+        sample_every=2,
+        checkpoint_every=2,
+        sample_steps=2,
+        sample_prompts=["inkstyle, a circle"],
+    )
+    result = train(config, on_step=events.append)
+    assert [e.step for e in events] == [1, 2, 3, 4]
+    assert [len(e.samples) for e in events] == [0, 1, 0, 1]
+    assert all(path.is_file() for e in events for path in e.samples)
+    assert events[1].checkpoint is not None and events[1].checkpoint.name == "step-000002"
+    assert sorted(p.name for p in (result.run_dir / "checkpoints").iterdir()) == [
+        "step-000002",
+        "step-000004",
+    ]
+    assert len((result.run_dir / "metrics.jsonl").read_text().splitlines()) == 4

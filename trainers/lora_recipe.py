@@ -92,7 +92,7 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
     )
 
     # 1. Data and base model.
-    base = load_base(config.base)
+    base = load_base(config.base, config=config.base_config)
     family, components = base.family, base.components
     resolution = config.resolution or family.default_resolution
     data_config = DatasetConfig(

@@ -14,7 +14,7 @@ import sys
 from studio.errors import StudioError
 
 # Sub-command modules under studio.cli, in the order `studio --help` lists them.
-COMMANDS = ["train", "dataset", "inspect", "demo"]
+COMMANDS = ["train", "dataset", "inspect", "demo", "generate", "grid", "merge", "recipe"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from studio.formats.inspect import format_report, inspect_file
-
     from trainers.lora_recipe import train
 
     out = Path(args.out)

@@ -17,6 +17,14 @@ _OPTIONS: list[tuple[str, str, dict]] = [
         "base",
         {"metavar": "MODEL", "help": "diffusers folder, .safetensors file, hub id, or 'default'"},
     ),
+    (
+        "--base-config",
+        "base_config",
+        {
+            "metavar": "DIR",
+            "help": "diffusers folder of the same architecture, for a single-file --base offline",
+        },
+    ),
     ("--output", "output", {"metavar": "FILE", "help": "adapter file to write (.safetensors)"}),
     (
         "--run-dir",

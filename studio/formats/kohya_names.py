@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from studio.models.family import ModelFamily
@@ -133,13 +134,23 @@ def kohya_name(ref: ModuleRef, family: ModelFamily, unet_config: Any) -> str:
 
 
 def adaptable_modules(components: dict[str, Any], family: ModelFamily) -> list[ModuleRef]:
-    """Every Linear and Conv2d of the UNet and text encoders (the layers a LoRA can touch)."""
+    """Every Linear and Conv2d of the UNet and text encoders (the layers a LoRA can touch).
+
+    A layer peft has wrapped counts once, as its base layer, under its own path; peft's
+    sublayers (``base_layer``, ``lora_A.<adapter>``...) are not layers of the base model.
+    """
     refs = []
     for component in ("unet", *family.text_encoder_names):
         model = components.get(component)
         if model is None:
             continue
+        inside = None  # path prefix of the peft wrapper being walked (named_modules is depth-first)
         for path, module in model.named_modules():
+            if inside and path.startswith(inside):
+                continue
+            if isinstance(module, BaseTunerLayer):
+                inside = path + "."
+                module = module.get_base_layer()
             if type(module) in (nn.Linear, nn.Conv2d):
                 refs.append(ModuleRef(component, path, module))
     return refs

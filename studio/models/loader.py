@@ -94,7 +94,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any
                 "\n", " "
             )[:400],
             path=path,
-            hint="offline, pass --config with a local diffusers folder of the same architecture "
+            hint="offline, pass --base-config (Python: config=) with a local diffusers folder of the same architecture "
             "(e.g. a saved SD 1.5 or SDXL pipeline), or pass that diffusers folder as --base",
         ) from None
 

@@ -1,0 +1,205 @@
+"""Make images from a base plus a blend, and stamp each PNG with how to make it again.
+
+Every PNG carries two text chunks: ``parameters``, the A1111 infotext other tools read
+(prompt with ``<lora:name:weight>`` tags, "Negative prompt:", "Steps: ..., Sampler: ...");
+and ``studio_recipe``, the full JSON recipe (block weights included, which infotext cannot
+express). Image i of a batch uses seed + i on its own ``torch.Generator``, so each image
+can be made again alone from its recorded seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from studio.adapters import Adapter, load_adapter
+from studio.atomic import atomic_path
+from studio.errors import StudioError
+from studio.mixer import AdapterWeights, BlendEngine, BlendItem, PatchStats
+from studio.models.family import ModelFamily, detect_family
+from studio.recipes import PNG_KEY, GenerationSettings, Recipe, recipe_for
+
+# name -> (scheduler class, overrides of the base config, A1111 sampler name)
+SCHEDULERS: dict[str, tuple[type, dict[str, Any], str]] = {
+    "euler-a": (EulerAncestralDiscreteScheduler, {}, "Euler a"),
+    "dpm++2m-karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        "DPM++ 2M Karras",
+    ),
+    "ddim": (DDIMScheduler, {}, "DDIM"),
+    "unipc": (UniPCMultistepScheduler, {"use_karras_sigmas": False}, "UniPC"),
+}
+
+
+def make_scheduler(name: str, base_config: Any):
+    """A scheduler of kind ``name`` built from the base's own scheduler config (betas, offsets)."""
+    if name not in SCHEDULERS:
+        raise StudioError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls, overrides, _ = SCHEDULERS[name]
+    return cls.from_config(base_config, **overrides)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def lora_tags(recipe: Recipe) -> str:
+    """``<lora:name:w>``, or ``<lora:name:te:unet>`` when the two strengths differ (A1111 syntax)."""
+    tags = []
+    for entry in recipe.adapters:
+        w = entry.weights
+        te, unet = w.weight * w.text_encoder, w.weight * w.unet
+        if not w.enabled or (te == 0 and unet == 0):
+            continue
+        tags.append(
+            f"<lora:{entry.name}:{_number(unet)}>"
+            if te == unet
+            else f"<lora:{entry.name}:{_number(te)}:{_number(unet)}>"
+        )
+    return " ".join(tags)
+
+
+def a1111_parameters(recipe: Recipe) -> str:
+    s = recipe.settings
+    prompt = " ".join(part for part in (s.prompt, lora_tags(recipe)) if part)
+    lines = [prompt]
+    if s.negative:
+        lines.append(f"Negative prompt: {s.negative}")
+    fields = {
+        "Steps": s.steps,
+        "Sampler": SCHEDULERS[s.scheduler][2],
+        "CFG scale": _number(s.guidance),
+        "Seed": s.seed,
+        "Size": f"{s.width}x{s.height}",
+        "Model": Path(recipe.base).name or recipe.base,
+    }
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    image: Image.Image
+    recipe: Recipe
+    parameters: str
+
+    def save(self, path: str | Path) -> Path:
+        """Write a PNG with ``parameters`` and ``studio_recipe`` text chunks (atomically)."""
+        path = Path(path)
+        info = PngInfo()
+        info.add_text("parameters", self.parameters)
+        info.add_text(PNG_KEY, self.recipe.to_json())
+        with atomic_path(path) as tmp:
+            self.image.save(tmp, format="PNG", pnginfo=info)
+        return path
+
+
+def _check(settings: GenerationSettings) -> None:
+    problems = []
+    if settings.steps < 1:
+        problems.append(f"steps must be at least 1, got {settings.steps}")
+    if settings.batch < 1:
+        problems.append(f"batch must be at least 1, got {settings.batch}")
+    if not 0 <= settings.seed < 2**63:
+        problems.append(f"seed must be between 0 and 2^63-1, got {settings.seed}")
+    if not math.isfinite(settings.guidance):
+        problems.append(f"guidance must be a finite number, got {settings.guidance}")
+    for label, value in (("width", settings.width), ("height", settings.height)):
+        if value is not None and (value < 8 or value % 8):
+            problems.append(f"{label} must be a positive multiple of 8, got {value}")
+    if problems:
+        raise StudioError("; ".join(problems))
+
+
+class GenerationSession:
+    """A base pipeline with a blend patched into its weights; every image records both."""
+
+    def __init__(
+        self, pipeline: Any, base: str, family: ModelFamily | None = None, *, cache_bytes: int | None = None
+    ):
+        self.pipeline = pipeline
+        self.base = base
+        self.family = family or detect_family(pipeline.components)
+        self.engine = BlendEngine.for_pipeline(pipeline, cache_bytes=cache_bytes)
+        self.items: list[BlendItem] = []
+        self._scheduler_config = pipeline.scheduler.config
+
+    def add_adapter(
+        self,
+        path: str | Path,
+        weights: AdapterWeights | None = None,
+        *,
+        name: str | None = None,
+        strict: bool = False,
+    ) -> Adapter:
+        """Load an adapter file against this base and patch it in at ``weights`` (default: 1)."""
+        adapter = load_adapter(path, self.pipeline.components, self.family, name=name, strict=strict)
+        if any(item.adapter.name == adapter.name for item in self.items):
+            raise StudioError(f"an adapter named {adapter.name!r} is already in the blend", path=path)
+        self.set_blend([*self.items, BlendItem(adapter, weights or AdapterWeights())])
+        return adapter
+
+    def set_blend(self, items: list[BlendItem]) -> PatchStats:
+        self.items = list(items)
+        return self.engine.set_blend(self.items)
+
+    def set_weights(self, name: str, weights: AdapterWeights) -> PatchStats:
+        """A slider change: re-patches only the layers of adapter ``name``."""
+        if name not in {item.adapter.name for item in self.items}:
+            raise StudioError(f"no adapter named {name!r} in the blend")
+        return self.set_blend(
+            [replace(i, weights=weights) if i.adapter.name == name else i for i in self.items]
+        )
+
+    def native_size(self) -> tuple[int, int]:
+        unet_size = self.pipeline.unet.config.sample_size
+        size = unet_size * self.pipeline.vae_scale_factor
+        return size, size
+
+    def generate(self, settings: GenerationSettings) -> list[GeneratedImage]:
+        _check(settings)
+        native_w, native_h = self.native_size()
+        settings = replace(settings, width=settings.width or native_w, height=settings.height or native_h)
+        scheduler = make_scheduler(settings.scheduler, self._scheduler_config)
+        device = self.pipeline.device
+        generators = [
+            torch.Generator(device=device).manual_seed(settings.seed + i) for i in range(settings.batch)
+        ]
+        original = self.pipeline.scheduler
+        self.pipeline.scheduler = scheduler
+        try:
+            output = self.pipeline(
+                prompt=settings.prompt,
+                negative_prompt=settings.negative or None,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                width=settings.width,
+                height=settings.height,
+                num_images_per_prompt=settings.batch,
+                generator=generators,
+            )
+        finally:
+            self.pipeline.scheduler = original
+        results = []
+        for i, image in enumerate(output.images):
+            recipe = recipe_for(self.base, self.items, replace(settings, seed=settings.seed + i, batch=1))
+            results.append(GeneratedImage(image, recipe, a1111_parameters(recipe)))
+        return results
+
+    def close(self) -> None:
+        """Give the base back unpatched (bit-exact)."""
+        self.engine.restore()
+        self.items = []

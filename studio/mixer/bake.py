@@ -1,0 +1,180 @@
+"""Export the current blend as ONE kohya LoRA file that any tool can load at weight 1.
+
+``exact`` concatenates ranks: for layer ℓ, ``down = [A₁; A₂; …]`` and
+``up = [c₁s₁B₁ | c₂s₂B₂ | …]`` (cᵢ the blend coefficient, sᵢ = αᵢ/rᵢ), with alpha = Σrᵢ so
+the file's own scale is 1. ``up @ down`` is then exactly Σ cᵢ sᵢ Bᵢ Aᵢ: no cross terms
+(unlike sd-scripts' non-concat merge or peft's ``linear``), at rank Σrᵢ. Only plain
+(down, up) factors can be concatenated.
+
+``svd`` forms the blended ΔW per layer in fp32 and keeps its top-k singular triplets
+(``up = U·S``, ``down = Vᵀ``, alpha = k): any adapter kind, fixed size, and the relative
+Frobenius error it costs is reported per layer and overall.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from studio.adapters.adapter import LayerKey
+from studio.adapters.layers import LoraLayer
+from studio.errors import StudioError
+from studio.formats.kohya import save_kohya
+from studio.formats.kohya_names import ModuleRef, kohya_name
+from studio.formats.metadata import (
+    SAI_MODEL_SPEC,
+    SGM_IMPLEMENTATION,
+    base_model_version,
+    modelspec_architecture,
+    studio_version,
+)
+from studio.lora.inject import LoraTensors
+from studio.mixer.blend import BlendItem, Terms, blend_terms
+from studio.models.family import ModelFamily, prediction_type
+
+
+@dataclass(frozen=True)
+class BakeReport:
+    path: Path
+    method: str  # "exact" or "svd"
+    layers: int
+    rank: str  # "24", or "Dynamic" when layers differ
+    layer_errors: dict[str, float] = field(default_factory=dict)  # svd: ‖ΔW - up·down‖ / ‖ΔW‖ per module
+    overall_error: float = 0.0  # svd: the same over all layers together
+
+    def summary(self) -> str:
+        text = f"{self.path}: {self.layers} layers, rank {self.rank}, {self.method}"
+        if self.method == "svd":
+            worst = max(self.layer_errors.items(), key=lambda kv: kv[1], default=("-", 0.0))
+            text += f"; relative error {self.overall_error:.2e} overall, worst {worst[1]:.2e} ({worst[0]})"
+        return text
+
+
+def _exact_factors(key: LayerKey, terms: Terms, weight_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    downs, ups = [], []
+    for adapter, coefficient in terms:
+        layer = adapter.layers[key]
+        if not (isinstance(layer, LoraLayer) and layer.is_plain):
+            raise StudioError(
+                f"an exact bake needs plain LoRA factors, but {key[0]}:{key[1]} of adapter "
+                f"{adapter.name!r} is {layer.kind}{' with a Tucker mid' if layer.kind == 'lora' else ''}",
+                path=adapter.path,
+                hint="bake with a target rank (svd) instead",
+            )
+        downs.append(layer.down.float().reshape(layer.rank, *weight_shape[1:]))
+        ups.append(layer.up.float().reshape(weight_shape[0], layer.rank) * (coefficient * layer.scale))
+    up = torch.cat(ups, dim=1)
+    return torch.cat(downs, dim=0), up.reshape(*up.shape, *[1] * (len(weight_shape) - 2))
+
+
+def _svd_factors(delta: Tensor, rank: int) -> tuple[Tensor, Tensor, float, float]:
+    """(down, up, squared residual, squared norm) of the rank-k truncation of ``delta``."""
+    shape = delta.shape
+    flat = delta.reshape(shape[0], -1)
+    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    k = min(rank, s.numel())
+    up, down = u[:, :k] * s[:k], vh[:k]
+    residual = float((flat - up @ down).pow(2).sum())
+    return (
+        down.reshape(k, *shape[1:]),
+        up.reshape(shape[0], k, *[1] * (len(shape) - 2)),
+        residual,
+        float(s.pow(2).sum()),
+    )
+
+
+def _metadata(
+    items: Sequence[BlendItem], components: dict[str, Any], family: ModelFamily, **fields: str
+) -> dict:
+    scheduler = components.get("scheduler")
+    prediction = prediction_type(scheduler.config) if scheduler is not None else "epsilon"
+    sources = [
+        {
+            "name": it.adapter.name,
+            "sha256": it.adapter.sha256,
+            "path": str(it.adapter.path),
+            **it.weights.to_dict(),
+        }
+        for it in items
+    ]
+    triggers = [it.adapter.info.trigger for it in items if it.weights.enabled and it.adapter.info.trigger]
+    resolution = family.default_resolution
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_base_model_version": base_model_version(family, prediction),
+        "ss_v2": str(family is ModelFamily.SD2),
+        "modelspec.sai_model_spec": SAI_MODEL_SPEC,
+        "modelspec.architecture": modelspec_architecture(family, prediction),
+        "modelspec.implementation": SGM_IMPLEMENTATION if family is ModelFamily.SDXL else "diffusers",
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
+        "modelspec.date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "studio.version": studio_version(),
+        "studio.bake_sources": json.dumps(sources),
+        **fields,
+    }
+    if triggers:
+        metadata["modelspec.trigger_phrase"] = ", ".join(dict.fromkeys(triggers))
+    return metadata
+
+
+def bake_blend(
+    items: Sequence[BlendItem],
+    components: dict[str, Any],
+    family: ModelFamily,
+    out: str | Path,
+    *,
+    rank: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    title: str | None = None,
+) -> BakeReport:
+    """Write the blend of ``items`` to ``out``; ``rank=None`` -> exact, else svd at that rank."""
+    out = Path(out)
+    if rank is not None and rank < 1:
+        raise StudioError(f"bake rank must be at least 1, got {rank}")
+    wanted = blend_terms(items)
+    if not wanted:
+        raise StudioError("nothing to bake: every adapter is disabled or at weight 0")
+    unet_config = components["unet"].config
+    lora: dict[LayerKey, LoraTensors] = {}
+    errors: dict[str, float] = {}
+    residual_total = norm_total = 0.0
+    for key, terms in sorted(wanted.items()):
+        component, path = key
+        weight = components[component].get_submodule(path).weight
+        shape = tuple(weight.shape)
+        if rank is None:
+            down, up = _exact_factors(key, terms, shape)
+        else:
+            delta = torch.zeros(shape, dtype=torch.float32, device=weight.device)
+            for adapter, coefficient in terms:
+                delta.add_(adapter.layers[key].delta(shape, weight.device), alpha=coefficient)
+            down, up, residual, norm = _svd_factors(delta, rank)
+            name = kohya_name(ModuleRef(component, path, None), family, unet_config)
+            errors[name] = math.sqrt(residual / norm) if norm > 0 else 0.0
+            residual_total, norm_total = residual_total + residual, norm_total + norm
+        lora[key] = LoraTensors(down=down.cpu(), up=up.cpu(), alpha=float(down.shape[0]))
+
+    ranks = {tensors.rank for tensors in lora.values()}
+    rank_text = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
+    overall = math.sqrt(residual_total / norm_total) if norm_total > 0 else 0.0
+    method = "exact" if rank is None else "svd"
+    fields = {
+        "ss_network_dim": rank_text,
+        "ss_network_alpha": rank_text,
+        "ss_output_name": out.stem,
+        "modelspec.title": title or out.stem,
+        "studio.bake_method": method,
+    }
+    if method == "svd":
+        fields["studio.bake_relative_error"] = f"{overall:.6g}"
+    save_kohya(out, lora, components, family, _metadata(items, components, family, **fields), dtype=dtype)
+    return BakeReport(out, method, len(lora), rank_text, errors, overall)

@@ -1,0 +1,94 @@
+"""The blend: per-adapter sliders, and the per-layer coefficients they add up to.
+
+For layer ℓ the blend's update is ΔW_ℓ = Σᵢ cᵢ,ℓ · ΔWᵢ,ℓ, where ΔWᵢ,ℓ is adapter i's own
+update (its alpha/rank scale included) and cᵢ,ℓ = weight × component strength × block
+weight. Block weights apply to every UNet layer inside the block (attention, resnets,
+up/down-samplers), unlike diffusers' ``set_adapters`` which scales attention only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from studio.adapters.adapter import Adapter, LayerKey
+from studio.errors import StudioError
+
+_BLOCK_KEY = re.compile(r"^(down|up)(\.\d+)?$|^mid$")
+_UNET_BLOCK = re.compile(r"^(down|up)_blocks\.(\d+)\.|^(mid)_block\.")
+
+Terms = tuple[tuple[Adapter, float], ...]  # (adapter, coefficient) for one layer, in blend order
+
+
+def unet_block(path: str) -> tuple[str, str | None] | None:
+    """``down_blocks.1.resnets.0.conv1`` -> ("down", "down.1"); ``conv_in`` -> None (outside the blocks)."""
+    m = _UNET_BLOCK.match(path)
+    if m is None:
+        return None
+    if m[3]:
+        return "mid", None
+    return m[1], f"{m[1]}.{m[2]}"
+
+
+@dataclass(frozen=True)
+class AdapterWeights:
+    """Slider state of one adapter in a blend (JSON-friendly; stored in recipes).
+
+    ``blocks`` scales UNet groups: ``{"down": 1.0, "mid": 0.5, "up": 0.0}``; a numbered key
+    (``"up.1"``) overrides its group. Layers outside the blocks (``conv_in``, time
+    embedding, ``conv_out``) and unlisted groups keep weight 1.
+    """
+
+    weight: float = 1.0
+    unet: float = 1.0
+    text_encoder: float = 1.0
+    enabled: bool = True
+    blocks: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for value in (self.weight, self.unet, self.text_encoder, *self.blocks.values()):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise StudioError(f"adapter weights must be finite numbers, got {value!r}")
+        bad = [key for key in self.blocks if not _BLOCK_KEY.match(key)]
+        if bad:
+            raise StudioError(f"unknown UNet block {bad[0]!r}: use down, mid, up or down.N / up.N")
+        object.__setattr__(self, "blocks", {k: float(v) for k, v in self.blocks.items()})
+
+    def coefficient(self, component: str, path: str) -> float:
+        """cᵢ,ℓ for one layer of this adapter."""
+        if not self.enabled:
+            return 0.0
+        strength = self.unet if component == "unet" else self.text_encoder
+        coefficient = self.weight * strength
+        if component == "unet" and self.blocks and (block := unet_block(path)):
+            group, numbered = block
+            coefficient *= self.blocks.get(numbered, self.blocks.get(group, 1.0))
+        return coefficient
+
+    def to_dict(self) -> dict:
+        return {
+            "weight": self.weight,
+            "unet": self.unet,
+            "text_encoder": self.text_encoder,
+            "enabled": self.enabled,
+            "blocks": dict(self.blocks),
+        }
+
+
+@dataclass(frozen=True)
+class BlendItem:
+    adapter: Adapter
+    weights: AdapterWeights = AdapterWeights()
+
+
+def blend_terms(items: Sequence[BlendItem]) -> dict[LayerKey, Terms]:
+    """Per layer, the non-zero (adapter, coefficient) terms of the blend."""
+    terms: dict[LayerKey, list[tuple[Adapter, float]]] = {}
+    for item in items:
+        for key in item.adapter.layers:
+            coefficient = item.weights.coefficient(*key)
+            if coefficient != 0.0:
+                terms.setdefault(key, []).append((item.adapter, coefficient))
+    return {key: tuple(value) for key, value in terms.items()}

@@ -1,0 +1,137 @@
+"""Apply a blend by patching the base weights in place: W = W_orig + Σ cᵢ ΔWᵢ.
+
+Why patching and not peft's runtime adapters (``set_adapters``): a patched model runs
+exactly as fast as the bare base whatever the number of adapters (no LoRA modules in
+the forward pass), LyCORIS kinds that diffusers cannot load work the same way, and block
+weights reach resnets and samplers. The studio has no unfused path.
+
+Exactness rules (the fuse/unfuse drift reported in diffusers #5604, #4473):
+
+* ΔW is summed in fp32 and added to an fp32 copy of the original, then cast once;
+* the original of every touched layer is kept (on CPU, in its own dtype) and restoring
+  COPIES it back, bit for bit; nothing is ever subtracted;
+* originals are kept only for layers some adapter touches, and freed when none does.
+
+A slider change rewrites only the layers whose terms (adapter, coefficient) changed.
+
+Unit ΔWs (one adapter, one layer, weight 1) are cached in fp32 on the weight's device
+while the cache stays under a budget, by default a quarter of the memory free when the
+engine first needs it; beyond that they are recomputed, which costs one small matmul per
+layer. A full-coverage SDXL LoRA is ~5 GB of fp32 ΔW, so an unbounded cache is not an option.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from studio.adapters.adapter import Adapter, LayerKey
+from studio.mixer.blend import BlendItem, Terms, blend_terms
+
+
+@dataclass(frozen=True)
+class PatchStats:
+    written: int  # layers rewritten by this call (patched or restored)
+    restored: int  # of those, layers no adapter touches any more (back to the original)
+    unchanged: int  # touched layers whose update did not change
+
+
+def default_cache_budget(device: torch.device) -> int:
+    """A quarter of the memory free now on ``device`` (bytes); 0 when it cannot be measured."""
+    try:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return free // 4
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return 0
+
+
+class BlendEngine:
+    """Owns the patched state of one base model's weights."""
+
+    def __init__(self, components: Mapping[str, Any], *, cache_bytes: int | None = None):
+        self._components = components
+        self._cache_budget = cache_bytes
+        self._originals: dict[LayerKey, Tensor] = {}
+        self._applied: dict[LayerKey, Terms] = {}
+        self._cache: dict[tuple[Adapter, LayerKey], Tensor] = {}
+        self._cache_used = 0
+
+    @classmethod
+    def for_pipeline(cls, pipeline: Any, **kwargs: Any) -> BlendEngine:
+        return cls(pipeline.components, **kwargs)
+
+    @property
+    def patched_layers(self) -> set[LayerKey]:
+        return set(self._applied)
+
+    @property
+    def cache_bytes_used(self) -> int:
+        return self._cache_used
+
+    def _weight(self, key: LayerKey) -> nn.Parameter:
+        component, path = key
+        return self._components[component].get_submodule(path).weight
+
+    def _unit_delta(self, adapter: Adapter, key: LayerKey, weight: Tensor) -> Tensor:
+        cached = self._cache.get((adapter, key))
+        if cached is not None:
+            return cached
+        delta = adapter.layers[key].delta(tuple(weight.shape), weight.device)
+        if self._cache_budget is None:
+            self._cache_budget = default_cache_budget(weight.device)
+        size = delta.numel() * delta.element_size()
+        if self._cache_used + size <= self._cache_budget:
+            self._cache[(adapter, key)] = delta
+            self._cache_used += size
+        return delta
+
+    def _forget_adapters_except(self, keep: set[Adapter]) -> None:
+        for cache_key in [k for k in self._cache if k[0] not in keep]:
+            tensor = self._cache.pop(cache_key)
+            self._cache_used -= tensor.numel() * tensor.element_size()
+
+    @torch.no_grad()
+    def _write(self, key: LayerKey, terms: Terms) -> None:
+        weight = self._weight(key)
+        original = self._originals.get(key)
+        if original is None:
+            original = self._originals[key] = weight.detach().to("cpu", copy=True)
+        if not terms:
+            weight.copy_(original)
+            del self._originals[key]
+            return
+        delta = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for adapter, coefficient in terms:
+            delta.add_(self._unit_delta(adapter, key, weight), alpha=coefficient)
+        weight.copy_((original.to(weight.device, torch.float32) + delta).to(weight.dtype))
+
+    def set_blend(self, items: Sequence[BlendItem]) -> PatchStats:
+        """Make the weights equal base + this blend, rewriting only the layers that change."""
+        self._forget_adapters_except({item.adapter for item in items})
+        wanted = blend_terms(items)
+        changed = [
+            key for key in wanted.keys() | self._applied.keys() if wanted.get(key) != self._applied.get(key)
+        ]
+        restored = 0
+        for key in changed:
+            terms = wanted.get(key, ())
+            self._write(key, terms)
+            if terms:
+                self._applied[key] = terms
+            else:
+                del self._applied[key]
+                restored += 1
+        return PatchStats(
+            written=len(changed), restored=restored, unchanged=len(self._applied) - len(changed) + restored
+        )
+
+    def restore(self) -> int:
+        """Copy every touched layer back to its original; returns how many were restored."""
+        return self.set_blend(()).restored

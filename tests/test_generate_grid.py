@@ -1,0 +1,47 @@
+"""Comparison grids: layout, labels, and the session's blend put back afterwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_adapters_support import make_kohya, tiny, weights_of
+
+from studio.errors import StudioError
+from studio.generate import GenerationSession
+from studio.grid import adapter_prompt_grid, labelled_grid, weight_seed_grid
+from studio.mixer import AdapterWeights
+from studio.recipes import GenerationSettings
+
+FAST = GenerationSettings(prompt="a red circle", seed=1, steps=1, width=32, height=32)
+
+
+def test_labelled_grid_layout():
+    red, blue = Image.new("RGB", (40, 30), "red"), Image.new("RGB", (40, 30), "blue")
+    grid = labelled_grid([[red, blue], [blue, red]], ["w -1", "w 1"], ["seed 1", "seed 2"], title="prompt")
+    array = np.asarray(grid)
+    assert grid.width > 80 and grid.height > 60
+    label_column = array[:, : grid.width - 80]
+    assert (label_column < 128).any()  # row labels were drawn
+    assert (array[-30:, -40:] == [255, 0, 0]).all(axis=-1).mean() > 0.9  # last cell is red
+    with pytest.raises(ValueError):
+        labelled_grid([[red]], ["a", "b"], ["c"])
+
+
+def test_weight_by_seed_and_adapter_by_prompt_grids(tmp_path):
+    pipe = tiny("sd1")
+    session = GenerationSession(pipe, base="tiny")
+    session.add_adapter(make_kohya(tmp_path / "ink.safetensors", pipe, "sd1", 1), AdapterWeights(0.8))
+    session.add_adapter(make_kohya(tmp_path / "neon.safetensors", pipe, "sd1", 2), AdapterWeights(-0.3))
+    patched = weights_of(pipe)
+
+    grid = weight_seed_grid(session, "ink", [-1.0, 0.0, 1.0], [1, 2], FAST)
+    assert grid.height >= 3 * 32 and grid.width >= 2 * 32
+    grid = adapter_prompt_grid(session, ["a red circle", "a blue square"], FAST)
+    assert grid.height >= 3 * 32  # base, ink alone, neon alone
+
+    assert [i.weights for i in session.items] == [AdapterWeights(0.8), AdapterWeights(-0.3)]
+    assert all(torch.equal(t, patched[n]) for n, t in weights_of(pipe).items())
+    with pytest.raises(StudioError, match="no adapter named 'nope'"):
+        weight_seed_grid(session, "nope", [1.0], [1], FAST)
