@@ -115,6 +115,8 @@ def parse_diffusers(key: str) -> ParsedKey | None:
         if rest.startswith(prefix):
             rest, component = rest[len(prefix) :], name
             break
+    if not rest.strip("."):
+        return None  # a bare suffix names no module: reported as a foreign key instead
     if m := _PROCESSOR.search(rest):
         target = "to_out.0" if m[1] == "to_out" else m[1]
         rest = rest[: m.start()] + "." + target

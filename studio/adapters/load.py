@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from studio.adapters.adapter import Adapter, LayerKey, LoadReport
@@ -86,6 +87,19 @@ class _PeftAlphas:
                 alpha = value
                 break
         return float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def _check_values(path: Path, tensors: dict[str, Tensor]) -> None:
+    """Refuse integer and non-finite tensors: patched in, one NaN turns every image black."""
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise StudioError(f"tensor {key!r} has dtype {tensor.dtype}, not a float type", path=path)
+        if not torch.isfinite(tensor).all():
+            raise StudioError(
+                f"tensor {key!r} holds NaN or infinite values",
+                path=path,
+                hint="the adapter is damaged (often a diverged training run); re-export or re-download it",
+            )
 
 
 def _parse(tensors: dict[str, Tensor]) -> tuple[dict[str, Roles], dict[str, ParsedKey], list[str], set[str]]:
@@ -235,6 +249,7 @@ def load_adapter(
     tensors, metadata = load_tensors(path)
     if not tensors:
         raise StudioError("the file holds no tensors", path=path)
+    _check_values(path, tensors)
     declared, how = declared_family(tensors, metadata)
     if declared is not None and declared is not family:
         raise StudioError(

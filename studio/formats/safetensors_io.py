@@ -63,8 +63,10 @@ def read_header(path: str | Path) -> SafetensorsHeader:
             )
         try:
             header = json.loads(fh.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
             raise StudioError(f"corrupt safetensors header: not valid JSON ({exc.msg})", path=path) from None
+        except UnicodeDecodeError:
+            raise StudioError("corrupt safetensors header: not UTF-8 text", path=path) from None
     if not isinstance(header, dict):
         raise StudioError("corrupt safetensors header: not a JSON object", path=path)
     metadata = header.pop("__metadata__", None) or {}
