@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.data.buckets import Bucket, make_buckets, nearest_bucket
-from studio.data.captions import MetadataCaptions, read_sidecar, with_trigger
+from studio.data.captions import CAPTION_EXTENSIONS, MetadataCaptions, read_sidecar, with_trigger
 from studio.data.files import FileProblem, is_inside
 from studio.data.images import IMAGE_EXTENSIONS, probe_image
 from studio.errors import DatasetError, StudioError
@@ -127,7 +127,7 @@ def scan_dataset(config: DatasetConfig, *, allow_empty: bool = False) -> Scanned
                 dataset.items.append(_make_item(path, folder, config, dataset, metadata))
             except DatasetError as exc:
                 dataset.problems.append(FileProblem(path, exc.message))
-    dataset.notes += metadata.notes
+    dataset.notes += metadata.notes + _orphan_captions(walker.files)
     if not dataset.items and not allow_empty:
         raise DatasetError("no usable images", path=root, hint=_empty_hint(dataset))
     return dataset
@@ -152,6 +152,16 @@ def _folders(
             dataset.problems.append(FileProblem(path, "repeat count 0 in the folder name: folder skipped"))
         else:
             yield _Folder(path.name, int(match[1]), match[2].strip() or None), walker.images(path)
+
+
+def _orphan_captions(files: list[Path]) -> list[FileProblem]:
+    """Caption files with no image of the same stem: usually a renamed or deleted image."""
+    stems = {path.with_suffix("") for path in files if _is_image(path)}
+    return [
+        FileProblem(path, "caption file with no image of the same name: ignored")
+        for path in files
+        if path.suffix.lower() in CAPTION_EXTENSIONS and path.with_suffix("") not in stems
+    ]
 
 
 def _make_item(
@@ -183,6 +193,7 @@ class _Walker:
         self.real_root = real_root
         self.problems = problems
         self.visited: set[str] = set()
+        self.files: list[Path] = []  # every regular file listed, for dataset-wide checks
 
     def entries(self, directory: Path) -> tuple[list[Path], list[Path]]:
         self.visited.add(os.path.realpath(directory))
@@ -200,6 +211,7 @@ class _Walker:
                 folders.append(path)
             elif entry.is_file():
                 files.append(path)
+        self.files += files
         return folders, files
 
     def images(self, directory: Path) -> Iterator[Path]:
