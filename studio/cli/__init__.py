@@ -14,7 +14,7 @@ import sys
 from studio.errors import StudioError
 
 # Sub-command modules under studio.cli, in the order `studio --help` lists them.
-COMMANDS = ["train", "dataset", "inspect", "demo", "generate", "grid", "merge", "recipe"]
+COMMANDS = ["train", "dataset", "inspect", "demo", "generate", "grid", "merge", "recipe", "app"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,197 @@
+"""Generation for the Mix tab: one live ``GenerationSession`` per base, adapters from the library.
+
+A slider change only re-patches the layers of the adapter that moved (the session's blend
+engine does that); loaded adapters are kept per base, keyed by file and modification time,
+so switching weights never re-reads a file. One generation runs at a time: the patched
+weights are shared state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from PIL import Image
+
+from studio.adapters import Adapter, file_sha256, load_adapter
+from studio.app import library
+from studio.app.db import Database
+from studio.app.models import base_label
+from studio.app.workspace import Workspace, safe_name
+from studio.atomic import atomic_path
+from studio.errors import StudioError
+from studio.generate import GenerationSession
+from studio.grid import adapter_prompt_grid, weight_seed_grid
+from studio.mixer import AdapterWeights, BakeReport, BlendItem, bake_blend
+from studio.recipes import GenerationSettings, Recipe, read_recipe, recipe_for, save_recipe
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One row of sliders in the Mix tab."""
+
+    adapter: str  # library name; "" = empty slot
+    enabled: bool = True
+    weight: float = 1.0
+    unet: float = 1.0
+    text_encoder: float = 1.0
+
+    @property
+    def weights(self) -> AdapterWeights:
+        return AdapterWeights(self.weight, self.unet, self.text_encoder, self.enabled)
+
+
+class MixService:
+    def __init__(self, ws: Workspace, db: Database, max_sessions: int = 1):
+        self.ws, self.db, self.max_sessions = ws, db, max_sessions
+        self._sessions: OrderedDict[str, GenerationSession] = OrderedDict()
+        self._adapters: dict[tuple[str, str, float], Adapter] = {}
+        self.lock = threading.RLock()
+
+    def session(self, base: str) -> GenerationSession:
+        from studio.models.loader import load_base
+
+        with self.lock:
+            if base in self._sessions:
+                self._sessions.move_to_end(base)
+                return self._sessions[base]
+            while len(self._sessions) >= self.max_sessions:
+                old_base, old = self._sessions.popitem(last=False)
+                old.close()
+                self._adapters = {k: v for k, v in self._adapters.items() if k[0] != old_base}
+            model = load_base(base)
+            session = GenerationSession(model.pipeline, base=base_label(self.ws, base), family=model.family)
+            self._sessions[base] = session
+            return session
+
+    def _adapter(self, base: str, session: GenerationSession, name: str) -> Adapter:
+        row = self.db.adapter(name)
+        path = library.adapter_file(self.ws, row)
+        key = (base, str(path), path.stat().st_mtime)
+        if key not in self._adapters:
+            self._adapters[key] = load_adapter(
+                path, session.pipeline.components, session.family, name=row.name
+            )
+        return self._adapters[key]
+
+    def blend(self, base: str, slots: list[Slot]) -> GenerationSession:
+        """The session for ``base`` with ``slots`` patched in (only what changed is rewritten)."""
+        chosen = [slot for slot in slots if slot.adapter]
+        names = [slot.adapter for slot in chosen]
+        if len(set(names)) != len(names):
+            raise StudioError("the same adapter is chosen in two slots; use one slot per adapter")
+        with self.lock:
+            session = self.session(base)
+            items = [BlendItem(self._adapter(base, session, s.adapter), s.weights) for s in chosen]
+            session.set_blend(items)
+            return session
+
+    def generate(self, base: str, slots: list[Slot], settings: GenerationSettings) -> list[Path]:
+        with self.lock:
+            session = self.blend(base, slots)
+            results = session.generate(settings)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            paths = []
+            for result in results:
+                target = self.ws.unique(self.ws.samples, f"{stamp}-seed{result.recipe.settings.seed}", ".png")
+                paths.append(result.save(target))
+            return paths
+
+    def grid(
+        self, base: str, slots: list[Slot], settings: GenerationSettings, kind: str, values: str
+    ) -> Path:
+        """``kind`` "adapters": base and each adapter alone x prompts (one per line of ``values``);
+        "weights": the first adapter at each weight of ``values`` (comma list) x 3 seeds."""
+        with self.lock:
+            session = self.blend(base, slots)
+            if not session.items:
+                raise StudioError("choose at least one adapter for a comparison grid")
+            if kind == "weights":
+                try:
+                    weights = [float(v) for v in values.split(",") if v.strip()] or [0.0, 0.5, 1.0]
+                except ValueError:
+                    raise StudioError(
+                        f"weights must be numbers separated by commas, got {values!r}"
+                    ) from None
+                seeds = [settings.seed + i for i in range(3)]
+                image = weight_seed_grid(session, session.items[0].adapter.name, weights, seeds, settings)
+            else:
+                prompts = [line.strip() for line in values.splitlines() if line.strip()] or [settings.prompt]
+                image = adapter_prompt_grid(session, prompts, settings)
+            target = self.ws.unique(self.ws.samples, f"grid-{time.strftime('%Y%m%d-%H%M%S')}", ".png")
+            with atomic_path(target) as tmp:
+                image.save(tmp, format="PNG")
+            return target
+
+    def bake(self, base: str, slots: list[Slot], name: str, rank: int | None) -> tuple[Path, BakeReport]:
+        stem = safe_name(name, "blend")
+        if any(row.name == stem for row in self.db.adapters()):
+            raise StudioError(
+                f"an adapter named {stem!r} is already in the library", hint="pick another name"
+            )
+        with self.lock:
+            session = self.blend(base, slots)
+            target = self.ws.unique(self.ws.adapters, stem, ".safetensors")
+            report = bake_blend(session.items, session.pipeline.components, session.family, target, rank=rank)
+        library.register_file(self.ws, self.db, target, "baked")
+        return target, report
+
+    def recipe(self, base: str, slots: list[Slot], settings: GenerationSettings) -> Recipe:
+        with self.lock:
+            session = self.blend(base, slots)
+            return recipe_for(session.base, session.items, settings)
+
+    def save_recipe(self, base: str, slots: list[Slot], settings: GenerationSettings, name: str) -> Path:
+        target = self.ws.recipes / f"{safe_name(name, 'recipe')}.json"
+        save_recipe(self.recipe(base, slots, settings), target)
+        return target
+
+    def load_recipe(self, path: str | Path) -> tuple[Recipe, list[Slot]]:
+        """A recipe file or studio PNG (uploaded into the workspace), mapped onto library adapters.
+
+        Adapters are matched by content (sha256), then by name, never by the recorded path:
+        a recipe from elsewhere must not make the app open files outside the workspace.
+        """
+        recipe = read_recipe(self.ws.resolve(path))
+        rows = self.db.adapters()
+        slots, missing = [], []
+        for entry in recipe.adapters:
+            match = next((r for r in rows if _sha(self.ws, r.path) == entry.sha256), None)
+            match = match or next((r for r in rows if r.name == entry.name), None)
+            if match is None:
+                missing.append(entry.name)
+                continue
+            w = entry.weights
+            slots.append(Slot(match.name, w.enabled, w.weight, w.unet, w.text_encoder))
+        if missing:
+            raise StudioError(
+                f"the recipe uses adapters that are not in the library: {', '.join(missing)}",
+                hint="import them in the Library tab, then load the recipe again",
+            )
+        return recipe, slots
+
+
+_SHA_CACHE: dict[tuple[str, float], str] = {}
+
+
+def _sha(ws: Workspace, rel: str) -> str:
+    path = ws.root / rel
+    try:
+        key = (str(path), path.stat().st_mtime)
+    except OSError:
+        return ""
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = file_sha256(path)
+    return _SHA_CACHE[key]
+
+
+def settings_of(recipe: Recipe) -> GenerationSettings:
+    return replace(recipe.settings, batch=1) if recipe.settings.batch < 1 else recipe.settings
+
+
+def open_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.copy()

@@ -1,0 +1,157 @@
+"""Launch the studio app: options, exposure warnings, Gradio setup confined to the workspace."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.errors import StudioError
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+EXPOSURE_WARNING = (
+    "WARNING: the studio is reachable {where} WITHOUT a password. Anyone who can reach it can "
+    "upload files, start training and download your adapters. Add --auth user:password."
+)
+
+
+@dataclass
+class AppConfig:
+    workspace: str = "studio-workspace"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    auth: str | None = None
+    max_upload_mb: int = 1024
+    max_files: int = 2000
+    queue_size: int = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = AppConfig()
+    parser.add_argument(
+        "--host", default=defaults.host, help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=defaults.port, help="port (default 7860)")
+    parser.add_argument(
+        "--share", action="store_true", help="also open a public gradio.live link (needs internet)"
+    )
+    parser.add_argument(
+        "--auth", metavar="USER:PASS", help="require this login (strongly advised with --host/--share)"
+    )
+    parser.add_argument("--workspace", metavar="DIR", default=defaults.workspace,
+                        help="where datasets, adapters, jobs, samples and the database live (default ./studio-workspace)")  # fmt: skip
+    parser.add_argument("--max-upload-mb", type=int, default=defaults.max_upload_mb, metavar="MB",
+                        help="largest upload, zips counted inflated (default 1024)")  # fmt: skip
+    parser.add_argument("--max-files", type=int, default=defaults.max_files, metavar="N",
+                        help="most files in one upload (default 2000)")  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> AppConfig:
+    return AppConfig(
+        workspace=args.workspace, host=args.host, port=args.port, share=args.share, auth=args.auth,
+        max_upload_mb=args.max_upload_mb, max_files=args.max_files,
+    )  # fmt: skip
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise StudioError("--auth takes USER:PASSWORD, both non-empty")
+    return user, password
+
+
+def exposure_warning(config: AppConfig) -> str | None:
+    """The warning to print when the app is reachable from other machines without a login."""
+    if config.auth:
+        return None
+    if config.share:
+        return EXPOSURE_WARNING.format(where="from the internet (--share)")
+    if config.host not in LOCAL_HOSTS:
+        return EXPOSURE_WARNING.format(where=f"from the network ({config.host})")
+    return None
+
+
+def build_app(ctx):
+    """The Gradio Blocks of the three tabs and the API endpoints."""
+    import gradio as gr
+
+    from studio.app.ui import api_endpoints, library_tab, mix_tab, train_tab
+
+    with gr.Blocks(title="Style-adapter studio") as demo:
+        gr.Markdown(
+            f"## Style-adapter studio\nWorkspace: `{ctx.ws.root}` · train a style LoRA, mix adapters, export kohya files."
+        )
+        with gr.Tabs():
+            train_tab.build(ctx)
+            mix_tab.build(ctx)
+            library_tab.build(ctx)
+        api_endpoints.build(ctx)
+    return demo
+
+
+def prepare_environment(workspace: Path) -> None:
+    """Before gradio is imported: its uploads go inside the workspace, and nothing phones home."""
+    os.environ["GRADIO_TEMP_DIR"] = str(workspace / "uploads" / ".gradio")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def launch(config: AppConfig, *, block: bool = True):
+    """Start the app; returns (demo, context) when ``block`` is False (tests)."""
+    from studio.app.workspace import Workspace
+
+    auth = parse_auth(config.auth)
+    ws = Workspace.open(config.workspace)
+    prepare_environment(ws.root)
+    import gradio as gr
+
+    from studio.app.context import AppContext
+    from studio.app.uploads import UploadLimits
+
+    limits = UploadLimits(max_bytes=config.max_upload_mb << 20, max_files=config.max_files)
+    ctx = AppContext.open(str(ws.root), limits)
+    warning = exposure_warning(config)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    demo = build_app(ctx)
+    demo.queue(max_size=config.queue_size, default_concurrency_limit=4)
+    try:
+        demo.launch(
+            server_name=config.host,
+            server_port=config.port,
+            share=config.share,
+            auth=auth,
+            allowed_paths=[str(ws.root)],
+            blocked_paths=[str(ws.db_path), str(ws.root / "studio.db-wal"), str(ws.root / "studio.db-shm")],
+            max_file_size=config.max_upload_mb * gr.FileSize.MB,
+            prevent_thread_lock=not block,
+            show_error=True,
+            theme=gr.themes.Soft(),
+            footer_links=["api"],
+        )
+    except BaseException:
+        ctx.close()
+        raise
+    if not block:
+        return demo, ctx
+    ctx.close()
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="app.py", description="The style-adapter studio web app.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        launch(config_from_args(args))
+    except StudioError as exc:
+        print(f"studio: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

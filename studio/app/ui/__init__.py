@@ -1,0 +1,1 @@
+"""Gradio tabs: thin layers that turn widget values into calls on ``studio.app`` services."""
