@@ -73,7 +73,12 @@ def build(ctx: AppContext) -> None:
 
     def list_adapters() -> list:
         """The library: name, family, rank, trigger, created, images, source, file."""
-        return [asdict(row) for row in ctx.db.adapters()]
+        rows = []
+        for row in ctx.db.adapters():
+            values = asdict(row)  # "path" keys would make gradio_client try to download them
+            values["file"], values["diffusers_file"] = values.pop("path"), values.pop("diffusers_path")
+            rows.append(values)
+        return rows
 
     for fn in (train, job_status, list_jobs, stop_job, resume_job, list_adapters):
         gr.api(guard(fn), api_name=fn.__name__, concurrency_limit=None)

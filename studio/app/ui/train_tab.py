@@ -264,13 +264,13 @@ def build(ctx: AppContext) -> gr.Tab:
         )  # fmt: skip
 
         @guard
-        def start_job(choice, adapter_name, preset_name, base_choice, hub, trigger_word, *values):
+        def on_start(choice, adapter_name, preset_name, base_choice, hub, trigger_word, *values):
             job_id = submit_job(ctx, choice, adapter_name, preset_name, base_choice, hub, trigger_word,
                                 config_from_widgets(list(values)))  # fmt: skip
             return gr.update(choices=job_choices(ctx), value=job_id), f"Queued job #{job_id}."
 
         @guard
-        def stop_job(job_id):
+        def on_stop(job_id):
             if job_id is None:
                 raise StudioError("choose a job")
             found = ctx.jobs.stop(int(job_id))
@@ -281,18 +281,18 @@ def build(ctx: AppContext) -> gr.Tab:
             )
 
         @guard
-        def resume_job(job_id):
+        def on_resume(job_id):
             if job_id is None:
                 raise StudioError("choose a job")
             ctx.jobs.resume(int(job_id))
             return f"Job #{job_id} queued to resume from its last checkpoint."
 
         start.click(
-            start_job, [dataset, name, preset, base, hub_id, trigger, *advanced], [job, message],
+            on_start, [dataset, name, preset, base, hub_id, trigger, *advanced], [job, message],
             api_visibility="private",
         )  # fmt: skip
-        stop.click(stop_job, job, message, api_visibility="private")
-        resume.click(resume_job, job, message, api_visibility="private")
+        stop.click(on_stop, job, message, api_visibility="private")
+        resume.click(on_resume, job, message, api_visibility="private")
 
         # Live progress: only what changed is sent, so the page does not flicker.
         def tick(job_id, seen: dict):
