@@ -9,6 +9,7 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from studio.atomic import atomic_dir
 from studio.errors import StudioError
@@ -52,10 +53,12 @@ def save_checkpoint(
 ) -> Path:
     target = run_dir / "checkpoints" / f"{_PREFIX}{state.step:06d}"
     with atomic_dir(target) as tmp:
-        save_file(trainable_state(models), str(tmp / "lora.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-        save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))
+        # Serialise in memory and write with plain file writes, so a full disk is an OSError
+        # (one clear line from the CLI) rather than each library's own exception type.
+        (tmp / "lora.safetensors").write_bytes(save(trainable_state(models)))
+        (tmp / "optimizer.pt").write_bytes(_torch_bytes(optimizer.state_dict()))
+        (tmp / "scheduler.pt").write_bytes(_torch_bytes(lr_scheduler.state_dict()))
+        (tmp / "rng.safetensors").write_bytes(save({"state": generator.get_state()}))
         (tmp / "state.json").write_text(
             json.dumps(
                 {"step": state.step, "micro_step": state.micro_step, "losses": state.losses, "config": config}
@@ -64,6 +67,12 @@ def save_checkpoint(
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _torch_bytes(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

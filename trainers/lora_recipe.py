@@ -24,6 +24,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
+from studio.atomic import write_text
 from studio.config import TrainConfig
 from studio.data import (
     DatasetConfig,
@@ -159,6 +160,7 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
         checkpoint = resolve_checkpoint(config.resume)
         state = load_checkpoint(checkpoint, trainable, optimizer, lr_scheduler, generator)
         accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+        _trim_metrics(run_dir, state.step)
 
     # 4. Caches: latents by (image, bucket), frozen text outputs by caption text.
     noise_scheduler = DDPMScheduler.from_config(base.pipeline.scheduler.config)
@@ -341,6 +343,15 @@ def _append_metrics(run_dir: Path, event: StepEvent) -> None:
     }
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
+
+
+def _trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop metrics of steps after the resumed checkpoint: they are about to be redone."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _last_checkpoint_text(run_dir: Path) -> str:

@@ -1,7 +1,8 @@
 """``studio`` command line: one module per sub-command, each with ``add_parser`` and ``run``.
 
-User errors (``StudioError``) print one line naming the file and exit 2; a traceback
-means a bug in the studio, never in the user's input.
+User errors (``StudioError``) print one line naming the file and exit 2; system errors
+(disk full, permissions) print one line and exit 1; a traceback means a bug in the
+studio, never in the user's input.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     except StudioError as exc:
         print(f"studio: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, file-size limit, permissions: the machine's, not ours
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"studio: error: {where}{exc.strerror or exc} (nothing was overwritten)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("studio: interrupted", file=sys.stderr)
         return 130
