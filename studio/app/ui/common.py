@@ -33,7 +33,8 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def number_or_none(value: float | None) -> float | None:
-    return None if value in (None, "") else float(value)
+    """Optional numbers (alpha, TE lr, min-SNR gamma): 0 or empty means "not set"."""
+    return None if value in (None, "", 0) else float(value)
 
 
 def int_or_none(value: float | None) -> int | None:

@@ -25,32 +25,32 @@ JOB_HEADERS = ["job", "name", "status", "progress", "created", "message"]
 
 # (TrainConfig field, widget factory): the advanced accordion, in display order.
 _ADVANCED: list[tuple[str, Any]] = [
-    ("steps", lambda: gr.Number(label="Steps", precision=0, minimum=1)),
-    ("resolution", lambda: gr.Number(label="Resolution (px; empty = the model's native size)", precision=0)),
-    ("batch_size", lambda: gr.Number(label="Batch size", precision=0, minimum=1)),
-    ("gradient_accumulation", lambda: gr.Number(label="Gradient accumulation", precision=0, minimum=1)),
-    ("rank", lambda: gr.Number(label="Rank", precision=0, minimum=1)),
-    ("alpha", lambda: gr.Number(label="Alpha (empty = rank/2)")),
-    ("preset", lambda: gr.Dropdown(list(LAYER_PRESETS), label="Layers")),
-    ("train_text_encoder", lambda: gr.Checkbox(label="Train the text encoder")),
-    ("lr", lambda: gr.Number(label="UNet learning rate")),
-    ("te_lr", lambda: gr.Number(label="Text-encoder learning rate (empty = lr/2)")),
-    ("lr_scheduler", lambda: gr.Dropdown(
+    ("steps", lambda v: gr.Number(value=v, label="Steps", precision=0, minimum=1)),
+    ("resolution", lambda v: gr.Number(value=v, label="Resolution (px; empty = the model's native size)", precision=0)),
+    ("batch_size", lambda v: gr.Number(value=v, label="Batch size", precision=0, minimum=1)),
+    ("gradient_accumulation", lambda v: gr.Number(value=v, label="Gradient accumulation", precision=0, minimum=1)),
+    ("rank", lambda v: gr.Number(value=v, label="Rank", precision=0, minimum=1)),
+    ("alpha", lambda v: gr.Number(value=v, label="Alpha (empty = rank/2)")),
+    ("preset", lambda v: gr.Dropdown(value=v, choices=list(LAYER_PRESETS), label="Layers")),
+    ("train_text_encoder", lambda v: gr.Checkbox(value=v, label="Train the text encoder")),
+    ("lr", lambda v: gr.Number(value=v, label="UNet learning rate")),
+    ("te_lr", lambda v: gr.Number(value=v, label="Text-encoder learning rate (empty = lr/2)")),
+    ("lr_scheduler", lambda v: gr.Dropdown(value=v, choices=
         ["constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial"],
         label="LR schedule", allow_custom_value=True)),
-    ("warmup_steps", lambda: gr.Number(label="Warmup steps", precision=0, minimum=0)),
-    ("min_snr_gamma", lambda: gr.Number(label="Min-SNR gamma (empty = off)")),
-    ("noise_offset", lambda: gr.Number(label="Noise offset")),
-    ("caption_dropout", lambda: gr.Number(label="Caption dropout (0-1)", minimum=0, maximum=1)),
-    ("shuffle_tags", lambda: gr.Checkbox(label="Shuffle comma-separated tags")),
-    ("keep_tokens", lambda: gr.Number(label="Keep first N tags in place", precision=0, minimum=0)),
-    ("seed", lambda: gr.Number(label="Seed", precision=0)),
-    ("mixed_precision", lambda: gr.Dropdown(["auto", "no", "fp16", "bf16"], label="Mixed precision")),
-    ("gradient_checkpointing", lambda: gr.Checkbox(label="Gradient checkpointing")),
-    ("sample_every", lambda: gr.Number(label="Sample every N steps (0 = never)", precision=0, minimum=0)),
-    ("sample_steps", lambda: gr.Number(label="Sampling steps", precision=0, minimum=1)),
-    ("sample_prompts", lambda: gr.Textbox(label="Sample prompts (one per line; empty = trigger + two captions)", lines=2)),
-    ("checkpoint_every", lambda: gr.Number(label="Checkpoint every N steps (0 = only at the end)", precision=0, minimum=0)),
+    ("warmup_steps", lambda v: gr.Number(value=v, label="Warmup steps", precision=0, minimum=0)),
+    ("min_snr_gamma", lambda v: gr.Number(value=v, label="Min-SNR gamma (empty = off)")),
+    ("noise_offset", lambda v: gr.Number(value=v, label="Noise offset")),
+    ("caption_dropout", lambda v: gr.Number(value=v, label="Caption dropout (0-1)", minimum=0, maximum=1)),
+    ("shuffle_tags", lambda v: gr.Checkbox(value=v, label="Shuffle comma-separated tags")),
+    ("keep_tokens", lambda v: gr.Number(value=v, label="Keep first N tags in place", precision=0, minimum=0)),
+    ("seed", lambda v: gr.Number(value=v, label="Seed", precision=0)),
+    ("mixed_precision", lambda v: gr.Dropdown(value=v, choices=["auto", "no", "fp16", "bf16"], label="Mixed precision")),
+    ("gradient_checkpointing", lambda v: gr.Checkbox(value=v, label="Gradient checkpointing")),
+    ("sample_every", lambda v: gr.Number(value=v, label="Sample every N steps (0 = never)", precision=0, minimum=0)),
+    ("sample_steps", lambda v: gr.Number(value=v, label="Sampling steps", precision=0, minimum=1)),
+    ("sample_prompts", lambda v: gr.Textbox(value=v, label="Sample prompts (one per line; empty = trigger + two captions)", lines=2)),
+    ("checkpoint_every", lambda v: gr.Number(value=v, label="Checkpoint every N steps (0 = only at the end)", precision=0, minimum=0)),
 ]  # fmt: skip
 _INTS = {f.name for f in dataclasses.fields(TrainConfig) if f.type in ("int", "int | None")}
 _OPTIONAL = {"alpha", "te_lr", "min_snr_gamma", "resolution", "steps"}
@@ -171,11 +171,13 @@ def build(ctx: AppContext) -> gr.Tab:
                 name = gr.Textbox(label="Adapter name", value="my-style", elem_id="train-name")
                 with gr.Accordion("Advanced options", open=False, elem_id="train-advanced"):
                     advanced = []
-                    for (field, factory), value in zip(_ADVANCED, preset_values(DEFAULT_PRESET)):
-                        widget = factory()
-                        widget.value = value
-                        widget.elem_id = f"adv-{field.replace('_', '-')}"
-                        advanced.append(widget)
+                    pairs = list(zip(_ADVANCED, preset_values(DEFAULT_PRESET)))
+                    for row in range(0, len(pairs), 2):
+                        with gr.Row():
+                            for (field, factory), value in pairs[row : row + 2]:
+                                widget = factory(value)
+                                widget.elem_id = f"adv-{field.replace('_', '-')}"
+                                advanced.append(widget)
                 with gr.Row():
                     start = gr.Button("Start", variant="primary", elem_id="train-start")
                     stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -199,24 +201,25 @@ def build(ctx: AppContext) -> gr.Tab:
         timer = gr.Timer(1.0)
 
         # Dataset.
-        def load_dataset(choice: str, trigger_word: str, current_rows: list | None = None):
+        resolution = advanced[[name for name, _ in _ADVANCED].index("resolution")]
+
+        def load_dataset(choice: str, trigger_word: str, resolution: float | None = None):
             if not choice:
                 return [], [], ""
             folder = datasets.dataset_folder(ctx.ws, choice)
-            res = 512
-            checked = datasets.check(folder, trigger_word or None, res)
+            checked = datasets.check(folder, trigger_word or None, int(resolution or 512))
             rows = datasets.caption_rows(folder, checked)
             thumbs = [(str(item_path), item_path.name) for item_path in datasets.image_files(folder)
                       if not any(p.path == item_path for p in checked.problems)][:200]  # fmt: skip
             return thumbs, rows, checked.format()
 
         @guard
-        def create_dataset(files, dataset_name, trigger_word):
+        def create_dataset(files, dataset_name, trigger_word, resolution):
             if not files:
                 raise StudioError("drop images, captions or a zip first")
             result = datasets.create_dataset(ctx.ws, dataset_name, [str(f) for f in files], ctx.limits)
             choice = result.folder.name
-            thumbs, rows, text = load_dataset(choice, trigger_word)
+            thumbs, rows, text = load_dataset(choice, trigger_word, resolution)
             note = f"Created dataset **{choice}** with {len(result.written)} files."
             if result.skipped:
                 note += f" Skipped {len(result.skipped)}: " + "; ".join(result.skipped[:5])
@@ -230,11 +233,16 @@ def build(ctx: AppContext) -> gr.Tab:
             )
 
         create.click(
-            create_dataset, [upload, new_name, trigger], [dataset, upload, gallery, table, report, message],
+            create_dataset, [upload, new_name, trigger, resolution], [dataset, upload, gallery, table, report, message],
             api_visibility="private",
         )  # fmt: skip
         for event in (dataset.change, check_btn.click):
-            event(guard(load_dataset), [dataset, trigger], [gallery, table, report], api_visibility="private")
+            event(
+                guard(load_dataset),
+                [dataset, trigger, resolution],
+                [gallery, table, report],
+                api_visibility="private",
+            )
 
         @guard
         def prepend_trigger(rows, trigger_word):
@@ -245,10 +253,10 @@ def build(ctx: AppContext) -> gr.Tab:
             return datasets.find_replace(_rows(rows), find_text, replace_text)
 
         @guard
-        def save_captions(choice, rows, trigger_word):
+        def save_captions(choice, rows, trigger_word, resolution):
             folder = datasets.dataset_folder(ctx.ws, choice)
             changed = datasets.save_captions(folder, _rows(rows))
-            thumbs, new_rows, text = load_dataset(choice, trigger_word)
+            thumbs, new_rows, text = load_dataset(choice, trigger_word, resolution)
             return new_rows, text, f"Saved {changed} caption file(s)."
 
         prepend.click(prepend_trigger, [table, trigger], table, api_visibility="private")

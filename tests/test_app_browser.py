@@ -1,0 +1,192 @@
+"""End to end in a real headless Chromium: upload, caption, train, library, mix, recipe, bake, download.
+
+Runs the app as ``python app.py`` and drives it only through the page, the way a user
+does; files on disk are checked afterwards with the project's own readers. Screenshots
+of each tab are saved as test artifacts (and, with ``STUDIO_DOCS_SCREENSHOTS=DIR``, as
+small PNGs for the README).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_app_support import CHROMIUM, CHROMIUM_ARGS, AppProcess, dataset_files, random_adapter
+
+from studio.formats.inspect import inspect_file
+from studio.recipes import read_recipe
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+expect = sync_api.expect
+SLOW = 300_000  # ms: training and first model load on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    server = AppProcess(tmp_path_factory.mktemp("browser") / "ws")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        page.goto(app.url)
+        page.wait_for_selector("#tab-train", state="attached")
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+def field(page, elem_id: str):
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    field(page, elem_id).click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option).first.click()
+
+
+def screenshot(page, artifacts: Path, name: str) -> None:
+    page.wait_for_timeout(800)
+    path = artifacts / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    docs = os.environ.get("STUDIO_DOCS_SCREENSHOTS")
+    if docs:  # small palette PNGs for the README
+        with Image.open(path) as image:
+            image = image.crop((0, 0, image.width, min(image.height, 1500)))
+            image = image.resize((image.width * 2 // 3, image.height * 2 // 3), Image.LANCZOS)
+            image.quantize(colors=128).save(Path(docs) / f"{name}.png", optimize=True)
+
+
+def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
+    ws = app.workspace
+    # 1. Upload a small dataset, fix a caption, prepend the trigger, save.
+    page.locator("#train-upload input[type=file]").set_input_files(
+        [str(p) for p in dataset_files(tmp_path / "drop", 6)]
+    )
+    field(page, "train-dataset-name").fill("shapes")
+    page.locator("#train-create").click()
+    expect(page.locator("#train-message")).to_contain_text("Created dataset shapes with 12 files")
+    expect(page.locator("#train-captions")).to_contain_text("a square on a red background")
+    expect(page.locator("#train-report")).to_contain_text("usable")
+    page.locator("#train-captions").get_by_text("a square on a red background").dblclick()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("a red square")
+    page.keyboard.press("Enter")
+    field(page, "train-trigger").fill("inkstyle")
+    page.locator("#train-prepend").click()
+    expect(page.locator("#train-captions")).to_contain_text("inkstyle, a red square")
+    page.locator("#train-save").click()
+    expect(page.locator("#train-message")).to_contain_text("Saved 6 caption file(s)")
+    assert (ws / "datasets/shapes/shape_01.txt").read_text() == "inkstyle, a red square\n"
+
+    # 2. Train a few steps on the embedded model; watch progress reach 100%.
+    page.locator("#train-advanced").get_by_text("Advanced options").click()
+    for elem_id, value in [
+        ("adv-steps", 3), ("adv-resolution", 64), ("adv-batch-size", 2), ("adv-sample-every", 3),
+        ("adv-sample-steps", 2), ("adv-checkpoint-every", 0), ("adv-sample-prompts", "inkstyle"),
+    ]:  # fmt: skip
+        field(page, elem_id).fill(str(value))
+    field(page, "train-name").fill("ink")
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("Queued job #1")
+    progress = page.locator("#train-progress .studio-progress")
+    expect(progress).to_have_attribute("data-status", "finished", timeout=SLOW)
+    expect(progress).to_have_attribute("data-percent", "100")
+    expect(progress).to_contain_text("step 3/3")
+    expect(page.locator("#train-samples img").first).to_be_visible()
+    expect(page.locator("#train-log")).to_contain_text("finished")
+    page.locator("#train-advanced").get_by_text("Advanced options").click()  # fold it for the screenshot
+    screenshot(page, artifacts, "train")
+
+    # 3. The adapter is in the library, with its facts and thumbnail; import a second one.
+    page.get_by_role("tab", name="Library").click()
+    table = page.locator("#library-table")
+    expect(table).to_contain_text("inkstyle")
+    expect(table).to_contain_text("SD1")
+    expect(page.locator("#library-thumbs img").first).to_be_visible()
+    page.locator("#library-import input[type=file]").set_input_files(
+        str(random_adapter(tmp_path / "neon.safetensors"))
+    )
+    expect(page.locator("#library-message")).to_contain_text("Imported neon")
+    expect(table).to_contain_text("neon")
+
+    # 4. Download the kohya export and check it with the project's inspector.
+    choose(page, "library-selected", "ink")
+    expect(page.locator("#library-metadata")).to_contain_text("modelspec.trigger_phrase")
+    with page.expect_download() as download:
+        page.locator("#library-download").click()
+    exported = tmp_path / "exported.safetensors"
+    download.value.save_as(exported)
+    report = inspect_file(exported)
+    assert (report.format, report.family, report.ranks) == ("kohya LoRA", "SD1", [8])
+    assert report.metadata["modelspec.trigger_phrase"] == "inkstyle"
+    assert report.metadata["ss_num_train_images"] == "6"
+    screenshot(page, artifacts, "library")
+
+    # 5. Mix two adapters at two slider settings: two different images.
+    page.get_by_role("tab", name="Mix").click()
+    choose(page, "mix-adapter-0", "ink (")
+    choose(page, "mix-adapter-1", "neon (")
+    set_number(page, "mix-steps", 2)
+    field(page, "mix-width").fill("32")
+    field(page, "mix-height").fill("32")
+    field(page, "mix-seed").fill("7")
+    images = []
+    for weights in ((1.0, 0.5), (-1.0, 1.5)):
+        set_number(page, "mix-weight-0", weights[0])
+        set_number(page, "mix-weight-1", weights[1])
+        before = set((ws / "samples").glob("*.png"))
+        page.locator("#mix-generate").click()
+        expect(page.locator("#mix-gallery img")).to_have_count(len(images) + 1, timeout=SLOW)
+        (made,) = set((ws / "samples").glob("*.png")) - before
+        recipe = read_recipe(made)
+        assert [(a.name, a.weights.weight) for a in recipe.adapters] == [
+            ("ink", weights[0]),
+            ("neon", weights[1]),
+        ]
+        assert recipe.settings.seed == 7
+        images.append(np.asarray(Image.open(made), dtype=np.int16))
+    assert images[0].shape == (32, 32, 3)
+    assert np.abs(images[0] - images[1]).mean() > 1.0, "different sliders must give different images"
+
+    # 6. Dropping the first PNG restores its sliders; bake the blend into one file.
+    page.get_by_text("Recipe", exact=True).click()
+    page.locator("#mix-recipe-drop input[type=file]").set_input_files(
+        str(sorted((ws / "samples").glob("*.png"))[0])
+    )
+    expect(page.locator("#mix-message")).to_contain_text("Restored the recipe (2 adapter(s), seed 7)")
+    expect(page.locator("#mix-weight-0 input[type=number]")).to_have_value("1")
+    expect(page.locator("#mix-weight-1 input[type=number]")).to_have_value("0.5")
+    page.get_by_text("Bake the blend into one file").click()
+    page.locator("#mix-bake").click()
+    expect(page.locator("#mix-message")).to_contain_text("Baked")
+    baked = inspect_file(ws / "adapters" / "my-blend.safetensors")
+    assert baked.metadata["studio.bake_method"] == "exact"
+    assert max(baked.ranks) == 12  # ranks 8 + 4 concatenated where both adapters touch a layer
+    screenshot(page, artifacts, "mix")
+    print(f"screenshots: {artifacts}")
