@@ -92,7 +92,7 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     page.locator("#train-create").click()
     expect(page.locator("#train-message")).to_contain_text("Created dataset shapes with 12 files")
     expect(page.locator("#train-captions")).to_contain_text("a square on a red background")
-    expect(page.locator("#train-report")).to_contain_text("usable")
+    expect(page.locator("#train-report")).to_contain_text("resolution 128")  # the preset's, not a default
     page.locator("#train-captions").get_by_text("a square on a red background").dblclick()
     page.keyboard.press("Control+A")
     page.keyboard.type("a red square")

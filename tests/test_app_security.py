@@ -174,3 +174,50 @@ def test_paths_outside_the_workspace_are_refused(ws, tmp_path):
         with pytest.raises(StudioError, match="outside the workspace"):
             datasets.dataset_folder(ws, path)
     assert ws.resolve("datasets") == ws.datasets
+
+
+@pytest.mark.slow
+def test_auth_is_enforced_and_only_workspace_files_are_served(tmp_path):
+    import httpx
+    from gradio_client import Client
+    from test_app_support import AppProcess
+
+    ws = Workspace.open(tmp_path / "ws")
+    (ws.datasets / "a").mkdir()
+    (ws.datasets / "a" / "x.txt").write_text("inside")
+    (tmp_path / "secret.txt").write_text("outside")
+    app = AppProcess(ws.root, "--auth", "me:secret")
+    try:
+        with pytest.raises(Exception, match="(?i)login|auth|credentials"):
+            Client(app.url, auth=("me", "wrong"), verbose=False)
+        assert Client(app.url, auth=("me", "secret"), verbose=False).predict(api_name="/list_adapters") == []
+        file_url = app.url + "gradio_api/file="
+        with httpx.Client() as anonymous:
+            assert anonymous.get(file_url + str(ws.datasets / "a" / "x.txt")).status_code in (401, 403)
+        with httpx.Client() as browser:
+            assert (
+                browser.post(app.url + "login", data={"username": "me", "password": "secret"}).status_code
+                == 200
+            )
+            assert browser.get(file_url + str(ws.datasets / "a" / "x.txt")).text == "inside"
+            for path in (
+                tmp_path / "secret.txt",
+                Path("/etc/passwd"),
+                ws.db_path,
+                ws.datasets / "a" / ".." / ".." / ".." / "secret.txt",
+            ):
+                assert browser.get(file_url + str(path)).status_code == 403, path
+    finally:
+        app.stop()
+    assert "WITHOUT a password" not in app.output()
+
+
+def test_studio_app_subcommand_has_the_launch_flags():
+    from studio.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["app", "--host", "0.0.0.0", "--auth", "a:b", "--workspace", "w", "--port", "9"]
+    )
+    config = config_from_args(args)
+    assert (config.host, config.auth, config.workspace, config.port) == ("0.0.0.0", "a:b", "w", 9)
+    assert exposure_warning(config) is None

@@ -47,12 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest upload, zips counted inflated (default 1024)")  # fmt: skip
     parser.add_argument("--max-files", type=int, default=defaults.max_files, metavar="N",
                         help="most files in one upload (default 2000)")  # fmt: skip
+    parser.add_argument("--queue-size", type=int, default=defaults.queue_size, metavar="N",
+                        help="requests that may wait for a generation; more get 'queue full' (default 64)")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> AppConfig:
     return AppConfig(
         workspace=args.workspace, host=args.host, port=args.port, share=args.share, auth=args.auth,
-        max_upload_mb=args.max_upload_mb, max_files=args.max_files,
+        max_upload_mb=args.max_upload_mb, max_files=args.max_files, queue_size=args.queue_size,
     )  # fmt: skip
 
 

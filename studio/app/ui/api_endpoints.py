@@ -15,12 +15,10 @@ from studio.app.context import AppContext
 from studio.app.mixing import Slot
 from studio.app.models import resolve_base
 from studio.app.progress import job_view
-from studio.app.ui.common import guard
+from studio.app.ui.common import GENERATE, LIGHT, guard
 from studio.app.ui.mix_tab import settings_from
 from studio.app.ui.train_tab import DEFAULT_PRESET, submit_job
 from studio.errors import StudioError
-
-GENERATE = "generate"  # concurrency group of everything that patches the base weights
 
 
 def _json_arg(text: str, what: str):
@@ -81,7 +79,7 @@ def build(ctx: AppContext) -> None:
         return rows
 
     for fn in (train, job_status, list_jobs, stop_job, resume_job, list_adapters):
-        gr.api(guard(fn), api_name=fn.__name__, concurrency_limit=None)
+        gr.api(guard(fn), api_name=fn.__name__, **LIGHT)
 
     @guard
     def generate(prompt, adapters_json, negative, seed, steps, guidance, width, height, scheduler, base):
@@ -107,4 +105,4 @@ def build(ctx: AppContext) -> None:
         ]  # fmt: skip
         image = gr.Image(type="filepath", format="png", label="image")
         trigger = gr.Button("generate")
-    trigger.click(generate, inputs, image, api_name="generate", concurrency_id=GENERATE, concurrency_limit=1)
+    trigger.click(generate, inputs, image, api_name="generate", **GENERATE)

@@ -13,6 +13,11 @@ from studio.errors import StudioError
 
 log = logging.getLogger("studio.app")
 
+# Concurrency group of every event that patches the base weights: one runs at a time, the rest queue.
+GENERATE = {"concurrency_id": "generate", "concurrency_limit": 1}
+# Cheap reads (progress ticks, tables) never wait behind a generation.
+LIGHT = {"concurrency_limit": None}
+
 
 def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Show a ``StudioError`` as a message naming the file and the fix; log anything else."""

@@ -10,7 +10,7 @@ from studio.app import library
 from studio.app.context import AppContext
 from studio.app.mixing import Slot
 from studio.app.models import DEFAULT, base_choices, base_label, resolve_base
-from studio.app.ui.common import guard, int_or_none
+from studio.app.ui.common import GENERATE, guard, int_or_none
 from studio.errors import StudioError
 from studio.generate import SCHEDULERS
 from studio.recipes import GenerationSettings
@@ -140,7 +140,7 @@ def build(ctx: AppContext) -> gr.Tab:
 
         generate.click(
             do_generate, [base, hub_id, randomize, batch, gallery, *slot_widgets, *settings_inputs],
-            [gallery, seed, message], api_visibility="private",
+            [gallery, seed, message], api_visibility="private", **GENERATE,
         )  # fmt: skip
 
         @guard
@@ -153,7 +153,7 @@ def build(ctx: AppContext) -> gr.Tab:
 
         grid_btn.click(
             do_grid, [base, hub_id, grid_kind, grid_values, *slot_widgets, *settings_inputs], grid_image,
-            api_visibility="private",
+            api_visibility="private", **GENERATE,
         )  # fmt: skip
 
         @guard
@@ -165,7 +165,7 @@ def build(ctx: AppContext) -> gr.Tab:
 
         save_recipe.click(
             do_save_recipe, [base, hub_id, recipe_name, *slot_widgets, *settings_inputs], [recipe_file, message],
-            api_visibility="private",
+            api_visibility="private", **GENERATE,
         )  # fmt: skip
 
         @guard
@@ -210,6 +210,7 @@ def build(ctx: AppContext) -> gr.Tab:
             [base, hub_id, bake_name, bake_rank, *slot_widgets],
             [bake_file, message],
             api_visibility="private",
+            **GENERATE,
         )
 
         @guard

@@ -13,7 +13,7 @@ from studio.app import datasets
 from studio.app.context import AppContext
 from studio.app.models import DEFAULT, base_choices, resolve_base
 from studio.app.progress import job_view
-from studio.app.ui.common import guard, int_or_none, number_or_none
+from studio.app.ui.common import LIGHT, guard, int_or_none, number_or_none
 from studio.config import TrainConfig
 from studio.errors import StudioError
 from studio.lora.targets import PRESETS as LAYER_PRESETS
@@ -326,7 +326,9 @@ def build(ctx: AppContext) -> gr.Tab:
             return (*out, state)
 
         outputs = [jobs, progress, loss_plot, samples, log, job, last]
-        timer.tick(guard(tick), [job, last], outputs, api_visibility="private", show_progress="hidden")
+        timer.tick(
+            guard(tick), [job, last], outputs, api_visibility="private", show_progress="hidden", **LIGHT
+        )
         refresh.click(lambda j: tick(j, {}), [job], outputs, api_visibility="private")
         job.change(lambda j: tick(j, {}), [job], outputs, api_visibility="private", show_progress="hidden")
         tab.select(
