@@ -177,3 +177,48 @@ def test_coefficients_and_block_names():
         AdapterWeights(blocks={"middle": 1.0})
     with pytest.raises(StudioError, match="finite"):
         AdapterWeights(float("nan"))
+
+
+def test_factors_go_to_the_weights_device_whatever_the_layer_kind():
+    from studio.adapters.layers import LohaLayer, LoraLayer
+    from studio.mixer.engine import _factors_to
+
+    loha = LohaLayer(*(torch.ones(2, 2) for _ in range(4)), scale=0.5)
+    moved = _factors_to(loha, torch.device("meta"))
+    assert all(t.is_meta for t in (moved.w1a, moved.w1b, moved.w2a, moved.w2b))
+    assert moved.t1 is None and moved.scale == 0.5 and not loha.w1a.is_meta
+    lora = LoraLayer(torch.ones(2, 3), torch.ones(3, 2), 1.0)
+    assert _factors_to(lora, torch.device("cpu")) is lora
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("originals_bytes", [None, 0], ids=["originals-on-gpu", "originals-in-pinned-host"])
+def test_cuda_patch_never_waits_for_the_gpu_and_restores_bit_exactly(setup, originals_bytes):
+    """On CUDA a patch is only queued work (no host sync per layer), wherever the originals live."""
+    pipe, a, b = setup
+    items = [BlendItem(a, AdapterWeights(0.7)), BlendItem(b, AdapterWeights(-0.3, text_encoder=0.5))]
+    keys = sorted(set(a.layers) | set(b.layers))
+    on_cpu = BlendEngine(pipe.components)
+    on_cpu.set_blend(items)
+    expected = {key: param(pipe, key).detach().clone() for key in keys}
+    on_cpu.restore()
+
+    pipe.to("cuda", torch.float16)
+    originals = {key: param(pipe, key).detach().clone() for key in keys}
+    engine = BlendEngine(pipe.components, originals_bytes=originals_bytes)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.set_blend(items)
+        on_gpu = engine.originals_bytes_on_device
+        engine.set_blend([BlendItem(a, AdapterWeights(1.3)), items[1]])
+        engine.set_blend(items)
+        patched = {key: param(pipe, key).detach().clone() for key in keys}
+        engine.restore()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert (on_gpu > 0) == (originals_bytes is None)
+    for key in keys:
+        torch.testing.assert_close(patched[key].float().cpu(), expected[key], rtol=2e-3, atol=2e-3)
+        assert torch.equal(param(pipe, key), originals[key]), key
+    assert engine.originals_bytes_on_device == 0  # freed once nothing is patched

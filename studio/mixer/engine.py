@@ -8,29 +8,36 @@ weights reach resnets and samplers. The studio has no unfused path.
 Exactness rules (the fuse/unfuse drift reported in diffusers #5604, #4473):
 
 * ΔW is summed in fp32 and added to an fp32 copy of the original, then cast once;
-* the original of every touched layer is kept (on CPU, in its own dtype) and restoring
-  COPIES it back, bit for bit; nothing is ever subtracted;
+* the original of every touched layer is kept, in its own dtype, and restoring COPIES it
+  back, bit for bit; nothing is ever subtracted;
 * originals are kept only for layers some adapter touches, and freed when none does.
 
 A slider change rewrites only the layers whose terms (adapter, coefficient) changed.
 
+On a GPU, nothing in a patch waits for the device: originals stay on the weight's device
+while they fit a budget (so a re-patch or restore never crosses the bus) and beyond it go
+to pinned host memory with asynchronous copies; adapter factors are sent asynchronously
+too. A patch is then only queued kernels, and a slider change costs milliseconds.
+
 Unit ΔWs (one adapter, one layer, weight 1) are cached in fp32 on the weight's device
-while the cache stays under a budget, by default a quarter of the memory free when the
-engine first needs it; beyond that they are recomputed, which costs one small matmul per
-layer. A full-coverage SDXL LoRA is ~5 GB of fp32 ΔW, so an unbounded cache is not an option.
+while the cache stays under a budget; beyond that they are recomputed, which costs one
+small matmul per layer. A full-coverage SDXL LoRA is ~12 GB of fp32 ΔW, so an unbounded
+cache is not an option. Both budgets default to a quarter of the memory free when the
+engine first needs them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from studio.adapters.adapter import Adapter, LayerKey
+from studio.adapters.layers import AdapterLayer
 from studio.mixer.blend import BlendItem, Terms, blend_terms
 
 
@@ -52,12 +59,39 @@ def default_cache_budget(device: torch.device) -> int:
         return 0
 
 
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _factors_to(layer: AdapterLayer, device: torch.device) -> AdapterLayer:
+    """``layer`` with its tensors on ``device``. Non-blocking: a host-to-GPU copy of these small
+    factors is staged and queued, where a blocking one would wait for all queued GPU work."""
+    if device.type == "cpu":
+        return layer
+    moved = {
+        f.name: value.to(device, non_blocking=True)
+        for f in fields(layer)
+        if isinstance(value := getattr(layer, f.name), Tensor)
+    }
+    return replace(layer, **moved)
+
+
 class BlendEngine:
     """Owns the patched state of one base model's weights."""
 
-    def __init__(self, components: Mapping[str, Any], *, cache_bytes: int | None = None):
+    def __init__(
+        self,
+        components: Mapping[str, Any],
+        *,
+        cache_bytes: int | None = None,
+        originals_bytes: int | None = None,
+    ):
+        """``cache_bytes`` bounds the unit-ΔW cache and ``originals_bytes`` the originals kept
+        on an accelerator (the rest go to host memory); None: a quarter of the free memory."""
         self._components = components
         self._cache_budget = cache_bytes
+        self._originals_budget = originals_bytes
+        self._originals_on_device = 0
         self._originals: dict[LayerKey, Tensor] = {}
         self._applied: dict[LayerKey, Terms] = {}
         self._cache: dict[tuple[Adapter, LayerKey], Tensor] = {}
@@ -75,6 +109,11 @@ class BlendEngine:
     def cache_bytes_used(self) -> int:
         return self._cache_used
 
+    @property
+    def originals_bytes_on_device(self) -> int:
+        """Bytes of originals held on an accelerator (0 on a CPU-only base)."""
+        return self._originals_on_device
+
     def _weight(self, key: LayerKey) -> nn.Parameter:
         component, path = key
         return self._components[component].get_submodule(path).weight
@@ -83,10 +122,10 @@ class BlendEngine:
         cached = self._cache.get((adapter, key))
         if cached is not None:
             return cached
-        delta = adapter.layers[key].delta(tuple(weight.shape), weight.device)
+        delta = _factors_to(adapter.layers[key], weight.device).delta(tuple(weight.shape), weight.device)
         if self._cache_budget is None:
             self._cache_budget = default_cache_budget(weight.device)
-        size = delta.numel() * delta.element_size()
+        size = _nbytes(delta)
         if self._cache_used + size <= self._cache_budget:
             self._cache[(adapter, key)] = delta
             self._cache_used += size
@@ -95,22 +134,44 @@ class BlendEngine:
     def _forget_adapters_except(self, keep: set[Adapter]) -> None:
         for cache_key in [k for k in self._cache if k[0] not in keep]:
             tensor = self._cache.pop(cache_key)
-            self._cache_used -= tensor.numel() * tensor.element_size()
+            self._cache_used -= _nbytes(tensor)
+
+    def _save_original(self, weight: Tensor) -> Tensor:
+        """A copy of ``weight`` to restore from: on its accelerator while the budget lasts, else in
+        host memory (pinned on CUDA, so neither this copy nor the ones back wait for the GPU)."""
+        if weight.device.type == "cpu":
+            return weight.detach().clone()
+        if self._originals_budget is None:
+            self._originals_budget = default_cache_budget(weight.device)
+        size = _nbytes(weight)
+        if self._originals_on_device + size <= self._originals_budget:
+            self._originals_on_device += size
+            return weight.detach().clone()
+        if weight.device.type != "cuda":
+            return weight.detach().to("cpu", copy=True)
+        host = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=True)
+        return host.copy_(weight.detach(), non_blocking=True)
+
+    def _drop_original(self, key: LayerKey) -> None:
+        original = self._originals.pop(key)
+        if original.device.type != "cpu":
+            self._originals_on_device -= _nbytes(original)
 
     @torch.no_grad()
     def _write(self, key: LayerKey, terms: Terms) -> None:
         weight = self._weight(key)
         original = self._originals.get(key)
         if original is None:
-            original = self._originals[key] = weight.detach().to("cpu", copy=True)
+            original = self._originals[key] = self._save_original(weight)
         if not terms:
-            weight.copy_(original)
-            del self._originals[key]
+            weight.copy_(original, non_blocking=True)
+            self._drop_original(key)
             return
         delta = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for adapter, coefficient in terms:
             delta.add_(self._unit_delta(adapter, key, weight), alpha=coefficient)
-        weight.copy_((original.to(weight.device, torch.float32) + delta).to(weight.dtype))
+        base = original.to(weight.device, non_blocking=True).float()
+        weight.copy_((base + delta).to(weight.dtype))
 
     def set_blend(self, items: Sequence[BlendItem]) -> PatchStats:
         """Make the weights equal base + this blend, rewriting only the layers that change."""

@@ -1,0 +1,309 @@
+"""Seconds per image with N adapters: bare base, our in-place blend, diffusers' unfused adapters.
+
+Issue 3 §10. One process builds a full-size SD 1.5 or SDXL with random weights (see
+common.py), writes random rank-32 kohya LoRA files with our exporter, and times 30-step CFG
+generations, all through ``GenerationSession.generate``:
+
+* the bare base, at the start and again after our blend is restored (the spread is noise);
+* our fast path: ``BlendEngine`` patches the weights in place, N = 1, 3, 5 adapters;
+* diffusers: ``load_lora_weights`` + ``set_adapters`` (peft layers run at every step), same N;
+* diffusers ``fuse_lora`` of the 3-adapter blend;
+
+and what a patch costs: our first fuse, a slider change (one adapter's weight moves) and a
+restore; diffusers' ``set_adapters`` weight change and ``fuse_lora``. With
+``--reference-engine FILE`` (a BlendEngine module of another revision, e.g.
+``git show REV:studio/mixer/engine.py > /tmp/engine_old.py``) those patch costs are timed for
+it too, and its patched weights are checked bit for bit against ours.
+
+    python bench/generate_bench.py --model sd15 --json sd15.json       # GPU, fp16, 512 px
+    python bench/generate_bench.py --model sdxl --repeats 2            # GPU, fp16, 1024 px
+    python bench/generate_bench.py --tiny                              # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import build_pipeline, peak_gib, reset_peak, timed, write_random_loras
+
+from studio.adapters import load_adapter
+from studio.generate import GenerationSession
+from studio.mixer import AdapterWeights, BlendItem
+from studio.models.family import detect_family
+from studio.recipes import GenerationSettings
+
+WEIGHTS = (0.8, -0.3, 0.5, 0.6, -0.4)  # adapter i's slider
+SLIDER = 0.45  # adapter 0's weight after the slider change
+COUNTS = (1, 3, 5)
+FUSED = 3  # N for the diffusers fuse_lora row
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)  # generation timings
+    ops: list[dict[str, Any]] = field(default_factory=list)  # patch/fuse timings
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path | None) -> None:
+        if path:
+            path.write_text(json.dumps(self.__dict__, indent=1))
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.device = args.device
+        self.started = time.perf_counter()
+        self.pipe = build_pipeline(args.model, args.device, getattr(torch, args.dtype))
+        self.family = detect_family(self.pipe.components)
+        self.settings = GenerationSettings(
+            prompt="a watercolor painting of a lighthouse at dusk",
+            negative="blurry",
+            seed=7,
+            steps=args.steps,
+            guidance=7.0,
+            width=args.size,
+            height=args.size,
+        )
+        self.results = Results(meta={k: str(v) for k, v in vars(args).items()})
+        self.images: dict[str, np.ndarray] = {}
+
+    def out_of_time(self, what: str) -> bool:
+        if time.perf_counter() - self.started < self.args.time_limit:
+            return False
+        print(f"[skip] {what}: past --time-limit", flush=True)
+        return True
+
+    def log(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.started:7.1f}s] {text}", flush=True)
+
+    def generate_row(self, label: str, path: str, adapters: int, session: GenerationSession) -> None:
+        """One warm-up image (kept for the image checks), then ``--repeats`` timed ones."""
+        reset_peak(self.device)
+        first = session.generate(self.settings)[0].image
+        self.images[label] = np.asarray(first, dtype=np.float32)
+        times = [timed(self.device, session.generate, self.settings)[1] for _ in range(self.args.repeats)]
+        row = {
+            "label": label,
+            "path": path,
+            "adapters": adapters,
+            "s_per_image": statistics.median(times),
+            "times": times,
+            "peak_gib": peak_gib(self.device),
+        }
+        self.results.rows.append(row)
+        self.results.save(self.args.json)
+        self.log(f"{label}: {row['s_per_image']:.3f} s/img, runs {', '.join(f'{t:.3f}' for t in times)}")
+
+    def op(self, name: str, adapters: int, fn, *args, **kwargs) -> Any:
+        """Time one patch/fuse operation and record it."""
+        result, seconds = timed(self.device, fn, *args, **kwargs)
+        self.results.ops.append({"op": name, "adapters": adapters, "ms": seconds * 1000})
+        self.results.save(self.args.json)
+        self.log(f"{name} (N={adapters}): {seconds * 1000:.1f} ms")
+        return result
+
+    def touched_snapshot(self, keys) -> dict:
+        return {key: self.weight(key).detach().to("cpu", copy=True) for key in keys}
+
+    def weight(self, key) -> torch.Tensor:
+        return self.pipe.components[key[0]].get_submodule(key[1]).weight
+
+    def ours(self, files: list[Path]) -> None:
+        adapters = [
+            load_adapter(f, self.pipe.components, self.family, name=f.stem) for f in files[: max(COUNTS)]
+        ]
+        touched = set().union(*(a.layers for a in adapters))
+        originals = self.touched_snapshot(touched)
+        patched = None  # weights under the full blend, for --reference-engine
+        for n in COUNTS:
+            if self.out_of_time(f"ours N={n}"):
+                break
+            items = [BlendItem(a, AdapterWeights(w)) for a, w in zip(adapters[:n], WEIGHTS)]
+            session = GenerationSession(self.pipe, base=self.args.model, family=self.family)
+            self.op("ours: first fuse (cold)", n, session.set_blend, items)
+            self.generate_row(f"ours N={n}", "ours (patched in place)", n, session)
+            self.op("ours: slider change", n, session.set_weights, "style_0", AdapterWeights(SLIDER))
+            self.op("ours: slider change", n, session.set_weights, "style_0", AdapterWeights(WEIGHTS[0]))
+            if n == max(COUNTS):
+                patched = self.touched_snapshot(touched)
+            self.op("ours: restore", n, session.close)
+            del session
+            self.free()
+        self.results.checks["restore_bit_exact"] = all(
+            torch.equal(self.weight(k).detach().cpu(), v) for k, v in originals.items()
+        )
+        self.log(f"restore bit-exact: {self.results.checks['restore_bit_exact']}")
+        if self.args.reference_engine and patched and not self.out_of_time("reference engine"):
+            self.reference_engine(adapters, patched)
+
+    def reference_engine(self, adapters, patched: dict) -> None:
+        spec = importlib.util.spec_from_file_location("engine_reference", self.args.reference_engine)
+        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses need it
+        spec.loader.exec_module(module)
+        engine = module.BlendEngine(self.pipe.components)
+        n = len(adapters)
+        items = [BlendItem(a, AdapterWeights(w)) for a, w in zip(adapters, WEIGHTS)]
+        self.op("reference engine: first fuse (cold)", n, engine.set_blend, items)
+        moved = [BlendItem(adapters[0], AdapterWeights(SLIDER)), *items[1:]]
+        self.op("reference engine: slider change", n, engine.set_blend, moved)
+        self.op("reference engine: slider change", n, engine.set_blend, items)
+        same = all(torch.equal(self.weight(k).detach().cpu(), v) for k, v in patched.items())
+        self.results.checks["same_weights_as_reference_engine"] = same
+        self.log(f"patched weights identical to the reference engine's: {same}")
+        self.op("reference engine: restore", n, engine.restore)
+        del engine
+        self.free()
+
+    def diffusers(self, files: list[Path]) -> None:
+        names = [f.stem for f in files]
+        session = GenerationSession(self.pipe, base=self.args.model, family=self.family)  # no blend
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for f in files:
+                self.op(
+                    "diffusers: load_lora_weights",
+                    1,
+                    self.pipe.load_lora_weights,
+                    str(f),
+                    adapter_name=f.stem,
+                )
+        for n in COUNTS:
+            if self.out_of_time(f"diffusers N={n}"):
+                return
+            weights = list(WEIGHTS[:n])
+            self.pipe.set_adapters(names[:n], adapter_weights=weights)
+            self.generate_row(f"diffusers unfused N={n}", "diffusers set_adapters (unfused)", n, session)
+            moved = [SLIDER, *weights[1:]]
+            self.op("diffusers: set_adapters weight change", n, self.pipe.set_adapters, names[:n], moved)
+        if self.out_of_time("diffusers fused"):
+            return
+        self.pipe.set_adapters(names[:FUSED], adapter_weights=list(WEIGHTS[:FUSED]))
+        self.op("diffusers: fuse_lora", FUSED, self.pipe.fuse_lora, adapter_names=names[:FUSED])
+        self.generate_row(f"diffusers fused N={FUSED}", "diffusers fuse_lora", FUSED, session)
+
+    def free(self) -> None:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def image_checks(self) -> None:
+        """Mean |Δpixel| (0..255) of each adapter path's first image from ours at the same N."""
+        for label, image in self.images.items():
+            if label.startswith("diffusers"):
+                ours = self.images.get(f"ours N={label.rsplit('=', 1)[1]}")
+                if ours is not None:
+                    self.results.checks[f"mean_abs_pixel_diff({label} vs ours)"] = float(
+                        np.abs(image - ours).mean()
+                    )
+        base = self.images.get("bare base")
+        for label in ("ours N=3", "bare base (after restore)"):
+            if base is not None and label in self.images:
+                self.results.checks[f"mean_abs_pixel_diff({label} vs bare base)"] = float(
+                    np.abs(self.images[label] - base).mean()
+                )
+
+    def run(self) -> Results:
+        args = self.args
+        self.log(f"{args.model} on {device_name(args.device)}, {args.dtype}, {args.steps} steps")
+        with tempfile.TemporaryDirectory() as tmp:
+            files, seconds = timed(
+                "cpu",
+                write_random_loras,
+                self.pipe,
+                self.family,
+                Path(tmp),
+                max(COUNTS),
+                args.rank,
+                args.preset,
+            )
+            self.log(f"wrote {len(files)} rank-{args.rank} '{args.preset}' LoRA files in {seconds:.1f} s")
+            base = GenerationSession(self.pipe, base=args.model, family=self.family)
+            self.generate_row("bare base", "bare base", 0, base)
+            self.ours(files)
+            if not self.out_of_time("bare base again"):
+                self.generate_row("bare base (after restore)", "bare base", 0, base)
+            if not args.skip_diffusers:
+                self.diffusers(files)
+        self.image_checks()
+        self.results.save(args.json)
+        return self.results
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def print_tables(results: Results) -> None:
+    rows, meta = results.rows, results.meta
+    base = next((r["s_per_image"] for r in rows if r["label"] == "bare base"), None)
+    print(
+        f"\n{meta['model']}, {meta['dtype']}, {meta['steps']} steps, CFG 7, rank {meta['rank']} '{meta['preset']}'"
+    )
+    print("| path | N | s/img (median) | vs bare base | peak GiB |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        ratio = f"{r['s_per_image'] / base:.3f}" if base else "—"
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "—"
+        print(f"| {r['label']} | {r['adapters']} | {r['s_per_image']:.3f} | {ratio} | {peak} |")
+    print("\n| operation | N | ms |")
+    print("| --- | --- | --- |")
+    for o in results.ops:
+        print(f"| {o['op']} | {o['adapters']} | {o['ms']:.1f} |")
+    for name, value in results.checks.items():
+        print(f"check {name}: {value}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sd15", help="sd15, sd21, sdxl, or tiny-sd1 / tiny-sdxl")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny-sd1, fp32, 2 steps, rank 4")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--size", type=int, help="image side in pixels (default: the model's native size)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed images per row (after one warm-up)")
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--preset", default="full", choices=["cross-attn", "attn", "full"])
+    parser.add_argument(
+        "--time-limit", type=float, default=float("inf"), help="seconds; later rows are skipped"
+    )
+    parser.add_argument("--skip-diffusers", action="store_true")
+    parser.add_argument(
+        "--reference-engine", type=Path, help="a BlendEngine module to compare patch costs with"
+    )
+    parser.add_argument("--json", type=Path, help="write every figure here as the run goes")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.model, args.device, args.dtype, args.steps, args.rank = "tiny-sd1", "cpu", "float32", 2, 4
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    try:
+        bench.run()
+    finally:
+        print_tables(bench.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
