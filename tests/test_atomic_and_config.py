@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from studio import atomic
 from studio.atomic import atomic_dir, atomic_path, write_text
 from studio.config import TrainConfig
 from studio.errors import StudioError
@@ -30,6 +33,18 @@ def test_failed_directory_write_keeps_the_previous_directory(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "b").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["b"]
+
+
+def test_finished_files_get_normal_permissions_not_mkstemps_private_ones(tmp_path):
+    write_text(tmp_path / "new.txt", "x")
+    with atomic_dir(tmp_path / "folder") as folder:
+        (folder / "f").write_text("y")
+    expected = 0o666 & ~atomic._UMASK
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == expected
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~atomic._UMASK
+    os.chmod(tmp_path / "new.txt", 0o640)
+    write_text(tmp_path / "new.txt", "replaced")  # a replaced file keeps the mode it had
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
 
 
 @pytest.mark.parametrize("suffix", [".toml", ".json"])

@@ -11,6 +11,7 @@ from studio.cli import main
 from studio.config import TrainConfig
 from studio.data import DatasetConfig, load_training_image, scan_dataset
 from studio.errors import TrainingDiverged
+from studio.formats.safetensors_io import read_header
 from studio.models.loader import load_base
 from studio.models.tiny import build_tiny_pipeline
 from studio.samples import make_demo_dataset
@@ -194,3 +195,20 @@ def test_samples_and_checkpoints_are_written_on_schedule(dataset, tmp_path):
         "step-000004",
     ]
     assert len((result.run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_cli_reports_skipped_and_uncaptioned_files_and_real_epochs(dataset, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    next(data.glob("*.txt")).unlink()
+    (data / "broken.png").write_bytes(b"")
+    out = tmp_path / "style.safetensors"
+    argv = ["train", str(data), "--output", str(out), "--resolution", "64", "--steps", "4"]
+    assert main([*argv, "--batch-size", "2", "--trigger", "inkstyle"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 file(s)" in printed and "broken.png (empty file" in printed
+    assert "1 image(s) have no caption" in printed
+    metadata = read_header(out).metadata
+    assert metadata["ss_num_epochs"] == metadata["ss_epoch"] == "2"  # 4 steps of 2 over 4 images

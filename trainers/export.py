@@ -15,7 +15,13 @@ from studio.models.loader import BaseModel
 
 
 def training_info(
-    config: TrainConfig, base: BaseModel, dataset: ScannedDataset, resolution: int, steps: int, started: float
+    config: TrainConfig,
+    base: BaseModel,
+    dataset: ScannedDataset,
+    resolution: int,
+    steps: int,
+    started: float,
+    epochs: int = 1,
 ) -> TrainingInfo:
     items = dataset.items
     return TrainingInfo(
@@ -46,6 +52,7 @@ def training_info(
         lr_scheduler=config.lr_scheduler,
         lr_warmup_steps=config.warmup_steps,
         max_train_steps=steps,
+        epochs=epochs,
         batch_size=config.batch_size,
         grad_accum=config.gradient_accumulation,
         gradient_checkpointing=config.gradient_checkpointing,
@@ -67,9 +74,10 @@ def export_adapter(
     resolution: int,
     steps: int,
     started: float,
+    epochs: int = 1,
 ) -> list[Path]:
     """Write the files ``config.format`` asks for; returns their paths."""
-    metadata = kohya_metadata(training_info(config, base, dataset, resolution, steps, started))
+    metadata = kohya_metadata(training_info(config, base, dataset, resolution, steps, started, epochs))
     output = Path(config.output)
     written = []
     if config.format in ("kohya", "both"):

@@ -107,6 +107,8 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
         caption_dropout=config.caption_dropout,
     )
     dataset = scan_dataset(data_config)
+    for warning in dataset.warnings:
+        accelerator.print(f"warning: {warning}")
     items = dataset.items
     samples = expand_samples(items)
 
@@ -310,7 +312,8 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
         )
         unwrapped = {k: accelerator.unwrap_model(v) for k, v in components.items() if k in trainable}
         lora = extract_lora({**components, **unwrapped})
-        outputs = export_adapter(config, base, lora, dataset, resolution, total_steps, started)
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        outputs = export_adapter(config, base, lora, dataset, resolution, total_steps, started, epochs)
     seconds = time.time() - started
     images = state.micro_step * config.batch_size * accelerator.num_processes
     return TrainResult(base, outputs, run_dir, state.step, state.losses, seconds, images / max(seconds, 1e-9))

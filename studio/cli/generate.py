@@ -29,14 +29,25 @@ NEGATIVE_NUMBERS = re.compile(r"^-\.?\d[\d.,eE+-]*$")
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
-    """``a.safetensors:0.8`` -> (path, 0.8); no (numeric) suffix -> weight 1."""
+    """``a.safetensors:0.8`` -> (path, 0.8); no ``:WEIGHT`` suffix -> weight 1.
+
+    A suffix after the file's extension must be a number, so a typo such as ``:0.8x`` is
+    reported as a bad weight rather than as a missing file.
+    """
     path, sep, weight = spec.rpartition(":")
-    if sep:
-        try:
-            return path, float(weight)
-        except ValueError:
-            pass
-    return spec, 1.0
+    if not sep or "/" in weight or "\\" in weight or (not weight and not path):
+        return spec, 1.0
+    try:
+        value = float(weight)
+    except ValueError:
+        if Path(path).suffix:
+            raise StudioError(
+                f"bad adapter weight {weight!r} in {spec!r}: expected FILE:NUMBER, e.g. a.safetensors:0.8"
+            ) from None
+        return spec, 1.0
+    if not path:
+        raise StudioError(f"{spec!r} names no adapter file: expected FILE:NUMBER, e.g. a.safetensors:0.8")
+    return path, value
 
 
 def parse_assignments(values: list[str] | None, option: str) -> dict[str, str]:

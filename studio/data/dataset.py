@@ -85,16 +85,26 @@ class ScannedDataset:
 
     @property
     def warnings(self) -> list[str]:
-        """Dataset-wide messages for a log; ``studio dataset check`` shows the details instead."""
-        missing = [path.relative_to(self.root).as_posix() for path in self.missing_captions]
-        if not missing:
-            return []
-        shown = ", ".join(missing[:_LISTED_FILES])
-        more = f" ... and {len(missing) - _LISTED_FILES} more" if len(missing) > _LISTED_FILES else ""
-        return [
-            f"{len(missing)} image(s) have no caption (.txt, .caption or metadata row), so they use the "
-            f"folder's class name or the trigger (an empty caption if neither is set): {shown}{more}"
-        ]
+        """Dataset-wide messages for a training log; ``studio dataset check`` shows the details."""
+        out = []
+        skipped = [f"{self._relative(p.path)} ({p.reason})" for p in self.problems]
+        if skipped:
+            out.append(f"skipped {len(skipped)} file(s) or folder(s): {_listing(skipped)}")
+        missing = [self._relative(path) for path in self.missing_captions]
+        if missing:
+            out.append(
+                f"{len(missing)} image(s) have no caption (.txt, .caption or metadata row), so they use the "
+                f"folder's class name or the trigger (an empty caption if neither is set): {_listing(missing)}"
+            )
+        return out
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+
+
+def _listing(names: list[str]) -> str:
+    more = f" ... and {len(names) - _LISTED_FILES} more" if len(names) > _LISTED_FILES else ""
+    return ", ".join(names[:_LISTED_FILES]) + more
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     """Parse and validate the header of a safetensors file."""
     path = Path(path)
     refuse_pickle(path)
+    if path.is_dir():
+        raise StudioError("is a folder, not a .safetensors file", path=path)
     if not path.is_file():
         raise StudioError("file not found", path=path)
     size = path.stat().st_size

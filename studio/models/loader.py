@@ -72,10 +72,19 @@ def _load_folder(path: Path, dtype: torch.dtype) -> Any:
         )
     try:
         return DiffusionPipeline.from_pretrained(
-            str(path), dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
+            str(path),
+            dtype=dtype,
+            local_files_only=True,
+            use_safetensors=True,  # never fall back to pickled .bin weights
+            safety_checker=None,
+            requires_safety_checker=False,
         )
     except (OSError, ValueError) as exc:
-        raise StudioError(f"could not load the diffusers folder ({exc})", path=path) from None
+        raise StudioError(
+            f"could not load the diffusers folder ({exc})".replace("\n", " ")[:500],
+            path=path,
+            hint="the studio reads only .safetensors weights; convert .bin weights with a tool you trust",
+        ) from None
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
@@ -103,7 +112,9 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(repo_id, dtype=dtype, safety_checker=None)
+        return DiffusionPipeline.from_pretrained(
+            repo_id, dtype=dtype, use_safetensors=True, safety_checker=None
+        )
     except Exception as exc:  # offline, not cached, gated, or not a pipeline repo
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         reason = "offline and not in the local cache" if offline else f"{type(exc).__name__}: {exc}"
