@@ -196,3 +196,12 @@ def test_pickles_are_never_unpickled_anywhere(suffix, sd1, tmp_path, capsys):
     assert not marker.exists()
     pickle.loads(path.read_bytes())  # the file really was a working pickle payload
     assert marker.exists()
+
+
+def test_a_diffusers_folder_with_pickled_weights_is_refused(tmp_path):
+    folder = tmp_path / "bin-model"
+    tiny("sd1").save_pretrained(folder, safe_serialization=False)
+    assert (folder / "unet" / "diffusion_pytorch_model.bin").is_file()
+    with pytest.raises(StudioError, match="only .safetensors") as info:
+        load_base(folder)
+    assert str(folder) in str(info.value)
