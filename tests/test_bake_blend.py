@@ -181,3 +181,64 @@ def test_exact_bake_sdxl_uses_sgm_names_and_round_trips(tmp_path):
     assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
     assert metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
     assert relative_error(pipe, items, load_adapter(out, pipe.components, sdxl)) < 1e-5
+
+
+def _full_size_lora(path, seed: int, alpha: float, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """A small kohya LoRA for real SD 1.5 layer names and shapes: cross-attention k/v only."""
+    from studio.formats.kohya_names import kohya_module_index
+    from studio.models.configs import build_meta_components
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, ref in kohya_module_index(build_meta_components("sd15"), SD1).items():
+        if name.startswith("lora_unet_") and name.endswith(("attn2_to_k", "attn2_to_v")):
+            out_features, in_features = ref.module.weight.shape
+            tensors[f"{name}.lora_down.weight"] = torch.randn(4, in_features, generator=generator) * 0.1
+            tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, 4, generator=generator) * 0.1
+            tensors[f"{name}.alpha"] = torch.tensor(alpha)
+    save_file(tensors, str(path), metadata=metadata)
+    return tensors
+
+
+def _delta(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    down, up = tensors[f"{name}.lora_down.weight"].float(), tensors[f"{name}.lora_up.weight"].float()
+    return up @ down * (float(tensors[f"{name}.alpha"]) / down.shape[0])
+
+
+def test_cli_merge_needs_no_base_model_for_real_size_files(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from studio.cli import main
+    from studio.formats.safetensors_io import read_header
+
+    a = _full_size_lora(tmp_path / "a.safetensors", 1, 2.0, {"ss_base_model_version": "sd_v1"})
+    b = _full_size_lora(tmp_path / "b.safetensors", 2, 4.0, {})  # no metadata: family from shapes
+    out = tmp_path / "blend.safetensors"
+    args = ["merge", f"{tmp_path / 'a.safetensors'}:0.7", f"{tmp_path / 'b.safetensors'}:-0.3"]
+    assert main([*args, "--out", str(out)]) == 0
+    merged, metadata = load_file(str(out)), read_header(out).metadata
+    names = {key.split(".")[0] for key in a}
+    assert {key.split(".")[0] for key in merged} == names
+    for name in names:
+        torch.testing.assert_close(_delta(merged, name), 0.7 * _delta(a, name) - 0.3 * _delta(b, name))
+    assert metadata["ss_base_model_version"] == "sd_v1" and metadata["ss_network_args"] == "{}"
+    assert [s["weight"] for s in json.loads(metadata["studio.bake_sources"])] == [0.7, -0.3]
+
+    assert main([*args, "--out", str(tmp_path / "svd.safetensors"), "--rank", "2"]) == 0
+    assert "relative error" in capsys.readouterr().out
+
+    sdxl_meta = tmp_path / "xl.safetensors"
+    _full_size_lora(sdxl_meta, 3, 2.0, {"ss_base_model_version": "sdxl_base_v1-0"})
+    assert (
+        main(
+            [
+                "merge",
+                str(tmp_path / "a.safetensors"),
+                str(sdxl_meta),
+                "--out",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
+        == 2
+    )
+    assert "different base families" in capsys.readouterr().err

@@ -91,11 +91,7 @@ def _svd_factors(delta: Tensor, rank: int) -> tuple[Tensor, Tensor, float, float
     )
 
 
-def _metadata(
-    items: Sequence[BlendItem], components: dict[str, Any], family: ModelFamily, **fields: str
-) -> dict:
-    scheduler = components.get("scheduler")
-    prediction = prediction_type(scheduler.config) if scheduler is not None else "epsilon"
+def _metadata(items: Sequence[BlendItem], family: ModelFamily, prediction: str, **fields: str) -> dict:
     sources = [
         {
             "name": it.adapter.name,
@@ -109,6 +105,7 @@ def _metadata(
     resolution = family.default_resolution
     metadata = {
         "ss_network_module": "networks.lora",
+        "ss_network_args": "{}",  # plain LoRA, no conv_dim etc.: part of kohya's minimum key set
         "ss_base_model_version": base_model_version(family, prediction),
         "ss_v2": str(family is ModelFamily.SD2),
         "modelspec.sai_model_spec": SAI_MODEL_SPEC,
@@ -135,8 +132,12 @@ def bake_blend(
     rank: int | None = None,
     dtype: torch.dtype = torch.float32,
     title: str | None = None,
+    prediction: str = "epsilon",
 ) -> BakeReport:
-    """Write the blend of ``items`` to ``out``; ``rank=None`` -> exact, else svd at that rank."""
+    """Write the blend of ``items`` to ``out``; ``rank=None`` -> exact, else svd at that rank.
+
+    ``prediction`` is used only when ``components`` has no scheduler to say it (a shape-only base).
+    """
     out = Path(out)
     if rank is not None and rank < 1:
         raise StudioError(f"bake rank must be at least 1, got {rank}")
@@ -151,12 +152,14 @@ def bake_blend(
         component, path = key
         weight = components[component].get_submodule(path).weight
         shape = tuple(weight.shape)
+        # A shape-only base (meta device, ``studio merge`` without --base) has no memory to compute on.
+        device = torch.device("cpu") if weight.device.type == "meta" else weight.device
         if rank is None:
             down, up = _exact_factors(key, terms, shape)
         else:
-            delta = torch.zeros(shape, dtype=torch.float32, device=weight.device)
+            delta = torch.zeros(shape, dtype=torch.float32, device=device)
             for adapter, coefficient in terms:
-                delta.add_(adapter.layers[key].delta(shape, weight.device), alpha=coefficient)
+                delta.add_(adapter.layers[key].delta(shape, device), alpha=coefficient)
             down, up, residual, norm = _svd_factors(delta, rank)
             name = kohya_name(ModuleRef(component, path, None), family, unet_config)
             errors[name] = math.sqrt(residual / norm) if norm > 0 else 0.0
@@ -176,5 +179,9 @@ def bake_blend(
     }
     if method == "svd":
         fields["studio.bake_relative_error"] = f"{overall:.6g}"
-    save_kohya(out, lora, components, family, _metadata(items, components, family, **fields), dtype=dtype)
+    scheduler = components.get("scheduler")
+    if scheduler is not None:
+        prediction = prediction_type(scheduler.config)
+    metadata = _metadata(items, family, prediction, **fields)
+    save_kohya(out, lora, components, family, metadata, dtype=dtype)
     return BakeReport(out, method, len(lora), rank_text, errors, overall)
