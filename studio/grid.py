@@ -1,4 +1,5 @@
-"""Comparison grids: one labelled image for adapter weight x seed, or adapter x prompt.
+"""Comparison grids: one labelled image for adapter weight x seed, adapter x prompt, or
+checkpoint x weight (the checkpoints of one training run).
 
 Each cell is an ordinary generation through the session, so a grid row costs one slider
 change (only that adapter's layers are re-patched) and the session's blend is put back
@@ -12,6 +13,7 @@ from dataclasses import replace
 
 from PIL import Image, ImageDraw, ImageFont
 
+from studio.adapters import Adapter
 from studio.errors import StudioError
 from studio.generate import GenerationSession
 from studio.mixer import AdapterWeights, BlendItem
@@ -122,3 +124,26 @@ def adapter_prompt_grid(
     finally:
         session.set_blend(previous)
     return labelled_grid(rows, labels, list(prompts), title=f"seed {settings.seed}")
+
+
+def checkpoint_weight_grid(
+    session: GenerationSession,
+    checkpoints: Sequence[tuple[str, Adapter]],
+    weights: Sequence[float],
+    settings: GenerationSettings,
+) -> Image.Image:
+    """Rows: each ``(label, adapter)`` of one training run, alone; columns: its weight."""
+    previous = list(session.items)
+    rows = []
+    try:
+        for _, adapter in checkpoints:
+            row = []
+            for weight in weights:
+                session.set_blend([BlendItem(adapter, AdapterWeights(weight=weight))])
+                row.append(_one(session, settings))
+            rows.append(row)
+    finally:
+        session.set_blend(previous)
+    return labelled_grid(
+        rows, [label for label, _ in checkpoints], [f"weight {w:g}" for w in weights], title=settings.prompt
+    )

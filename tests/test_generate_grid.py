@@ -45,3 +45,37 @@ def test_weight_by_seed_and_adapter_by_prompt_grids(tmp_path):
     assert all(torch.equal(t, patched[n]) for n, t in weights_of(pipe).items())
     with pytest.raises(StudioError, match="no adapter named 'nope'"):
         weight_seed_grid(session, "nope", [1.0], [1], FAST)
+
+
+def test_checkpoint_by_weight_grid_from_a_training_run(tmp_path, capsys):
+    from studio.cli import main
+    from studio.config import TrainConfig
+    from studio.samples import make_demo_dataset
+    from trainers.checkpoint import checkpoint_adapters
+    from trainers.lora_recipe import train
+
+    out = tmp_path / "ink.safetensors"
+    config = TrainConfig(
+        data=str(make_demo_dataset(tmp_path / "data", count=4)),
+        output=str(out),
+        resolution=64,
+        steps=4,
+        checkpoint_every=2,
+        rank=2,
+        lr=1e-2,
+    )
+    run_dir = train(config).run_dir
+    steps = checkpoint_adapters(run_dir)
+    assert [step for step, _ in steps] == [2] and steps[0][1].name == "ink-step000002.safetensors"
+
+    grid_png = tmp_path / "grid.png"
+    argv = ["grid", "a circle", "--run", str(run_dir), "--weights", "0,1", "--seed", "3", "--steps", "2"]
+    assert main([*argv, "--out", str(grid_png)]) == 0
+    assert "rows: checkpoints" in capsys.readouterr().out
+    cells = np.asarray(Image.open(grid_png).convert("RGB"))
+    assert cells.shape[0] >= 2 * 64 and cells.shape[1] >= 2 * 64  # step 2 and final, two weights
+    at_zero_step2, at_one_step2 = cells[-128:-64, -128:-64], cells[-128:-64, -64:]
+    at_zero_final, at_one_final = cells[-64:, -128:-64], cells[-64:, -64:]
+    assert np.array_equal(at_zero_step2, at_zero_final)  # weight 0 is the bare base in every row
+    assert not np.array_equal(at_one_step2, at_one_final)  # the checkpoints differ at weight 1
+    assert main(["grid", "a circle", "--run", str(tmp_path), "--weights", "1", "--out", str(grid_png)]) == 2

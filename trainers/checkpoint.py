@@ -75,6 +75,21 @@ def _torch_bytes(state: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def checkpoint_adapter_name(output: str | Path, step: int) -> str:
+    """File name of the kohya export kept in a checkpoint: ``<name>-step000500.safetensors``."""
+    return f"{Path(output).stem}-step{step:06d}.safetensors"
+
+
+def checkpoint_adapters(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, kohya file)`` of every checkpoint of a run that holds one, oldest first."""
+    found = []
+    for checkpoint in list_checkpoints(Path(run_dir)):
+        files = sorted(checkpoint.glob("*-step[0-9]*.safetensors"))
+        if files:
+            found.append((int(checkpoint.name.removeprefix(_PREFIX)), files[0]))
+    return found
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():

@@ -38,7 +38,13 @@ from studio.errors import TrainingDiverged
 from studio.lora.inject import extract_lora, inject_lora
 from studio.models.family import ModelFamily
 from studio.models.loader import BaseModel, load_base
-from trainers.checkpoint import TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from trainers.checkpoint import (
+    TrainingState,
+    checkpoint_adapter_name,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from trainers.encoding import ContentCache, encode_latents, encode_text, sdxl_time_ids
 from trainers.export import export_adapter
 from trainers.loss import diffusion_loss, diffusion_target, sample_noise, sample_timesteps
@@ -201,6 +207,13 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
 
     sample_prompts = config.sample_prompts or _default_sample_prompts(config.trigger, items)
 
+    def export(output: Path, file_format: str, steps: int) -> list[Path]:
+        unwrapped = {k: accelerator.unwrap_model(v) for k, v in components.items() if k in trainable}
+        lora = extract_lora({**components, **unwrapped})
+        settings = dataclasses.replace(config, output=str(output), format=file_format)
+        epochs = math.ceil(steps / steps_per_epoch)
+        return export_adapter(settings, base, lora, dataset, resolution, steps, started, epochs)
+
     # 5. The loop.
     progress = tqdm(
         total=total_steps, initial=state.step, desc="training", disable=not accelerator.is_main_process
@@ -288,6 +301,10 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
                     run_dir, state, trainable, optimizer, lr_scheduler, generator, config.to_dict(),
                     config.keep_checkpoints,
                 )  # fmt: skip
+                # A usable kohya file per checkpoint: try it elsewhere, or grid checkpoint x weight.
+                export(
+                    event.checkpoint / checkpoint_adapter_name(config.output, state.step), "kohya", state.step
+                )
             if config.sample_every and state.step % config.sample_every == 0:
                 event.samples = _samples(
                     base.pipeline, models, sample_prompts, run_dir, state.step, resolution, config
@@ -310,10 +327,7 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
             config.to_dict(),
             config.keep_checkpoints,
         )
-        unwrapped = {k: accelerator.unwrap_model(v) for k, v in components.items() if k in trainable}
-        lora = extract_lora({**components, **unwrapped})
-        epochs = math.ceil(total_steps / steps_per_epoch)
-        outputs = export_adapter(config, base, lora, dataset, resolution, total_steps, started, epochs)
+        outputs = export(Path(config.output), config.format, total_steps)
     seconds = time.time() - started
     images = state.micro_step * config.batch_size * accelerator.num_processes
     return TrainResult(base, outputs, run_dir, state.step, state.losses, seconds, images / max(seconds, 1e-9))

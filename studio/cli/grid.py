@@ -3,7 +3,9 @@
 * weight x seed: ``studio grid "prompt" --lora a.safetensors --weights -1,0,1 --seeds 1,2,3``
   (rows vary ``--vary NAME``, by default the first adapter; other adapters stay as given);
 * adapter x prompt: ``studio grid "prompt one" "prompt two" --lora a.safetensors --lora b.safetensors``
-  (rows: the bare base, then each adapter alone).
+  (rows: the bare base, then each adapter alone);
+* checkpoint x weight: ``studio grid "prompt" --run my_style-run --weights 0.5,1 --seed 7``
+  (rows: the run's checkpoints, oldest first, then its final adapter).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from PIL.PngImagePlugin import PngInfo
 
+from studio.adapters import load_adapter
 from studio.atomic import atomic_path
 from studio.cli.generate import (
     add_blend_options,
@@ -25,7 +28,7 @@ from studio.cli.generate import (
 )
 from studio.errors import StudioError
 from studio.generate import SCHEDULERS, GenerationSession
-from studio.grid import adapter_prompt_grid, weight_seed_grid
+from studio.grid import adapter_prompt_grid, checkpoint_weight_grid, weight_seed_grid
 from studio.recipes import GenerationSettings
 
 
@@ -35,6 +38,22 @@ def number_list(value: str | None, option: str, kind=float) -> list:
         return [kind(part) for part in (value or "").split(",") if part.strip()]
     except ValueError:
         raise StudioError(f"{option} takes comma-separated numbers like -1,0,1, got {value!r}") from None
+
+
+def run_adapters(run_dir: str) -> list[tuple[str, Path]]:
+    """``(row label, kohya file)`` for each checkpoint of a run, then its final adapter if it exists."""
+    from studio.config import TrainConfig
+    from trainers.checkpoint import checkpoint_adapters
+
+    rows = [(f"step {step}", path) for step, path in checkpoint_adapters(run_dir)]
+    config = Path(run_dir) / "config.toml"
+    if config.is_file() and Path(final := TrainConfig.load(config).output).is_file():
+        rows.append(("final", Path(final)))
+    if not rows:
+        raise StudioError(
+            "no checkpoint adapters in this run", path=run_dir, hint="train with --checkpoint-every N"
+        )
+    return rows
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "prompts", nargs="+", metavar="PROMPT", help="prompt(s); several make adapter x prompt columns"
     )
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]", help="add an adapter")
+    parser.add_argument(
+        "--run", dest="run_dir", metavar="DIR", help="a training run directory: rows are its checkpoints"
+    )
     add_blend_options(parser)
     parser.add_argument("--vary", metavar="NAME", help="adapter whose weight varies (default: the first)")
     parser.add_argument("--weights", metavar="W,W,...", help="weights for the rows, e.g. -1,0,1")
@@ -66,18 +88,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     weights = number_list(args.weights, "--weights")
     seeds = number_list(args.seeds, "--seeds", int)
-    if not args.lora:
-        raise StudioError("a grid needs at least one --lora")
+    if bool(args.lora) == bool(args.run_dir):
+        raise StudioError("a grid needs --lora adapters, or --run with a training run directory")
+    if args.run_dir and not weights:
+        raise StudioError("a checkpoint grid needs --weights, e.g. --weights 0.5,1")
     if weights and len(args.prompts) > 1:
         raise StudioError("a weight x seed grid takes one prompt")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise StudioError("the output must be a .png file", path=out)
     with reported_warnings():
-        check_files(args.lora)
+        files = [str(path) for _, path in run_adapters(args.run_dir)] if args.run_dir else args.lora
+        check_files(files)
         base = load_base_model(args.base)
         session = GenerationSession(base.pipeline, base_label(args.base), base.family)
-        session.set_blend(blend_from_args(args, args.lora, base))
+        if not args.run_dir:
+            session.set_blend(blend_from_args(args, args.lora, base))
         settings = GenerationSettings(
             prompt=args.prompts[0],
             negative=args.negative,
@@ -88,7 +114,16 @@ def run(args: argparse.Namespace) -> int:
             height=args.height,
             scheduler=args.scheduler,
         )
-        if weights:
+        if args.run_dir:
+            rows = [
+                (label, load_adapter(path, base.components, base.family))
+                for label, path in run_adapters(args.run_dir)
+            ]
+            image = checkpoint_weight_grid(session, rows, weights, settings)
+            axes = (
+                f"rows: checkpoints of {args.run_dir}; columns: weight {', '.join(f'{w:g}' for w in weights)}"
+            )
+        elif weights:
             vary = args.vary or session.items[0].adapter.name
             image = weight_seed_grid(session, vary, weights, seeds or [settings.seed], settings)
             axes = f"rows: {vary} weight {', '.join(f'{w:g}' for w in weights)}; columns: seeds"
