@@ -16,7 +16,7 @@ from studio.models.loader import load_base
 from studio.models.tiny import build_tiny_pipeline
 from studio.samples import make_demo_dataset
 from trainers.encoding import encode_latents, encode_text
-from trainers.lora_recipe import train
+from studio import train  # the public API (it runs trainers.lora_recipe)
 
 
 @pytest.fixture(scope="module")

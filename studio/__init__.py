@@ -1,0 +1,25 @@
+"""The style-adapter studio: train, blend and export Stable Diffusion style LoRA adapters.
+
+``studio.train(TrainConfig(...))`` trains and exports one adapter; the mixer lives in
+``studio.generate`` (``GenerationSession``) and ``studio.mixer``. Heavy modules load on
+first use, so ``import studio`` stays fast for the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from studio.config import TrainConfig
+
+if TYPE_CHECKING:
+    from trainers.lora_recipe import StepEvent, TrainResult
+
+__all__ = ["TrainConfig", "train"]
+
+
+def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = None) -> TrainResult:
+    """Train the adapter ``config`` describes and export it; ``on_step`` gets a ``StepEvent`` per step."""
+    from trainers.lora_recipe import train as run_recipe
+
+    return run_recipe(config, on_step)
