@@ -84,10 +84,15 @@ def screenshot(page, artifacts: Path, name: str) -> None:
 
 def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     ws = app.workspace
-    # 1. Upload a small dataset, fix a caption, prepend the trigger, save.
+    # 1. The sample dataset is one click away; then upload our own, fix a caption, prepend the trigger, save.
+    page.locator("#train-sample").click()
+    expect(page.locator("#train-message")).to_contain_text("Created dataset sample-shapes")
+    expect(page.locator("#train-captions")).to_contain_text("shape_07.png")
+    assert len(list((ws / "datasets/sample-shapes").glob("*.png"))) == 8
     page.locator("#train-upload input[type=file]").set_input_files(
         [str(p) for p in dataset_files(tmp_path / "drop", 6)]
     )
+    expect(page.locator("#train-upload")).to_contain_text("shape_05.txt")  # the upload has finished
     field(page, "train-dataset-name").fill("shapes")
     page.locator("#train-create").click()
     expect(page.locator("#train-message")).to_contain_text("Created dataset shapes with 12 files")

@@ -1,4 +1,8 @@
-"""Crash and restart: a killed worker or a stopped app leaves a resumable job, never a lost one."""
+"""Crash and restart: a killed worker or a stopped app leaves a resumable job, never a lost one.
+
+The job is long (it never finishes here): every check waits for a step count, so the test
+does not depend on how fast the machine trains.
+"""
 
 from __future__ import annotations
 
@@ -14,23 +18,21 @@ from studio.app.progress import read_losses
 from studio.samples import make_demo_dataset
 
 pytestmark = pytest.mark.slow
-OPTIONS = {"steps": 10, "resolution": 64, "batch_size": 1, "sample_every": 0, "checkpoint_every": 2,
-           "keep_checkpoints": 10}  # fmt: skip
-
-
-def status(client, job_id: int) -> dict:
-    return client.predict(job_id, api_name="/job_status")
+EVERY = 2  # checkpoint interval
+OPTIONS = {"steps": 500, "resolution": 64, "batch_size": 1, "sample_every": 0, "checkpoint_every": EVERY,
+           "keep_checkpoints": 3}  # fmt: skip
 
 
 def until(client, job_id: int, check, what: str, timeout: float = 300) -> dict:
     def ready():
-        current = status(client, job_id)
+        current = client.predict(job_id, api_name="/job_status")
         return current if check(current) else None
 
-    return wait_for(ready, timeout, what, every=0.5)
+    return wait_for(ready, timeout, what, every=0.3)
 
 
-def resumed_steps(log: str) -> list[int]:
+def resumed_steps(ws, job_id: int) -> list[int]:
+    log = (ws / "jobs" / str(job_id) / "log.txt").read_text()
     return [int(n) for n in re.findall(r"resumed from \S+ at step (\d+)", log)]
 
 
@@ -50,27 +52,21 @@ def test_kill_worker_then_restart_app_and_resume_from_last_checkpoint(tmp_path):
         assert "killed by signal 9" in killed["error"]
         assert [j["id"] for j in client.predict(api_name="/list_jobs")] == [job]  # the app still answers
 
-        # Resume: it continues from the last checkpoint, losing at most one checkpoint interval.
+        # Resume continues from the last checkpoint, losing at most one checkpoint interval
+        # (the checkpoint is written just before its step is reported, so it may be one ahead).
         client.predict(job, api_name="/resume_job")
-        until(
-            client,
-            job,
-            lambda s: s["status"] == "running" and s["step"] >= killed["step"] + 2,
-            "progress after resume",
-        )
-        log = (ws / "jobs" / str(job) / "log.txt").read_text()
-        (first,) = resumed_steps(log)
-        assert first % 2 == 0 and 0 < killed["step"] - first <= OPTIONS["checkpoint_every"]
+        wait_for(lambda: resumed_steps(ws, job), 300, "the resume")
+        (first,) = resumed_steps(ws, job)
+        assert first % EVERY == 0 and -1 <= killed["step"] - first <= EVERY
 
         # 2. Stop the app itself mid-job (SIGTERM: no clean-up code runs in it).
-        before_stop = status(client, job)
-        worker = before_stop["pid"]
+        before_stop = until(client, job, lambda s: s["step"] >= first + 3, "progress after the resume")
         app.stop(signal.SIGTERM)
-        wait_for(lambda: not alive(worker), 60, "the orphaned worker to stop")
+        wait_for(lambda: not alive(before_stop["pid"]), 60, "the orphaned worker to stop")
     finally:
         app.stop()
 
-    # 3. A new app on the same workspace lists the job as interrupted and resumes it to the end.
+    # 3. A new app on the same workspace lists the job as interrupted, and resumes it.
     app = AppProcess(ws)
     try:
         client = app.client()
@@ -78,14 +74,14 @@ def test_kill_worker_then_restart_app_and_resume_from_last_checkpoint(tmp_path):
         assert (listed["id"], listed["status"]) == (job, "interrupted")
         assert listed["step"] >= before_stop["step"]
         client.predict(job, api_name="/resume_job")
-        done = until(
-            client, job, lambda s: s["status"] not in ("queued", "running"), "the resumed job to finish"
-        )
-        assert (done["status"], done["step"], done["total"], done["adapter"]) == ("finished", 10, 10, "ink")
+        wait_for(lambda: len(resumed_steps(ws, job)) == 2, 300, "the second resume")
+        second = resumed_steps(ws, job)[1]
+        assert second % EVERY == 0 and -1 <= listed["step"] - second <= EVERY
+        resumed = until(client, job, lambda s: s["step"] >= second + 1, "progress after the restart")
+        assert resumed["status"] == "running"
+        client.predict(job, api_name="/stop_job")
+        until(client, job, lambda s: s["status"] == "stopped", "the stop", 120)
     finally:
         app.stop()
-    log = (ws / "jobs" / str(job) / "log.txt").read_text()
-    first, second = resumed_steps(log)
-    assert second >= before_stop["step"] - OPTIONS["checkpoint_every"] and second > first
-    assert [step for step, _ in read_losses(ws / "jobs" / str(job) / "run")] == list(range(1, 11))
-    assert (ws / "adapters" / "ink.safetensors").is_file()
+    steps = [step for step, _ in read_losses(ws / "jobs" / str(job) / "run")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > second  # no hole in the loss curve

@@ -18,6 +18,7 @@ from studio.config import TrainConfig
 from studio.errors import StudioError
 from studio.lora.targets import PRESETS as LAYER_PRESETS
 from studio.presets import PRESETS, get_preset
+from studio.samples import make_demo_dataset
 
 DEFAULT_PRESET = "Quick demo (embedded model)"
 CAPTION_HEADERS = ["file", "caption", "status"]
@@ -129,6 +130,9 @@ def build(ctx: AppContext) -> gr.Tab:
                             label="New dataset name", value="my-style", elem_id="train-dataset-name"
                         )
                         create = gr.Button("Create dataset from upload", elem_id="train-create")
+                        sample = gr.Button(
+                            "…or try the sample dataset (8 drawn shapes)", size="sm", elem_id="train-sample"
+                        )
                 with gr.Row():
                     dataset = gr.Dropdown(
                         datasets.list_datasets(ctx.ws), value=None, label="Dataset (or a folder inside the workspace)",
@@ -236,6 +240,16 @@ def build(ctx: AppContext) -> gr.Tab:
             create_dataset, [upload, new_name, trigger, resolution], [dataset, upload, gallery, table, report, message],
             api_visibility="private",
         )  # fmt: skip
+
+        @guard
+        def use_sample():
+            folder = make_demo_dataset(ctx.ws.unique(ctx.ws.datasets, "sample-shapes"))
+            note = (
+                f"Created dataset **{folder.name}**: 8 shapes with captions. Its trigger word is `inkstyle`."
+            )
+            return gr.update(choices=datasets.list_datasets(ctx.ws), value=folder.name), "inkstyle", note
+
+        sample.click(use_sample, None, [dataset, trigger, message], api_visibility="private")
         for event in (dataset.change, check_btn.click):
             event(
                 guard(load_dataset),
