@@ -194,4 +194,6 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     assert baked.metadata["studio.bake_method"] == "exact"
     assert max(baked.ranks) == 12  # ranks 8 + 4 concatenated where both adapters touch a layer
     screenshot(page, artifacts, "mix")
+    # Everything the app wrote is inside the workspace (its cwd is the folder above it).
+    assert sorted(p.name for p in ws.parent.iterdir()) == [app.log.name, "ws"]
     print(f"screenshots: {artifacts}")

@@ -84,7 +84,8 @@ def build_app(ctx):
 
     from studio.app.ui import api_endpoints, library_tab, mix_tab, train_tab
 
-    with gr.Blocks(title="Style-adapter studio") as demo:
+    # delete_cache: Gradio keeps a copy of every served or uploaded file; drop copies older than a day.
+    with gr.Blocks(title="Style-adapter studio", delete_cache=(3600, 86400)) as demo:
         gr.Markdown(
             f"## Style-adapter studio\nWorkspace: `{ctx.ws.root}` · train a style LoRA, mix adapters, export kohya files."
         )
