@@ -92,7 +92,8 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     page.locator("#train-upload input[type=file]").set_input_files(
         [str(p) for p in dataset_files(tmp_path / "drop", 6)]
     )
-    expect(page.locator("#train-upload")).to_contain_text("shape_05.txt")  # the upload has finished
+    expect(page.locator("#train-upload")).to_contain_text("shape_05", timeout=SLOW)  # the upload has finished
+    expect(page.locator("#train-upload")).not_to_contain_text("Uploading")
     field(page, "train-dataset-name").fill("shapes")
     page.locator("#train-create").click()
     expect(page.locator("#train-message")).to_contain_text("Created dataset shapes with 12 files")
