@@ -4,8 +4,9 @@ Issue 3 §10. One process builds a full-size SD 1.5 or SDXL with random weights 
 common.py), writes random rank-32 kohya LoRA files with our exporter, and times 30-step CFG
 generations, all through ``GenerationSession.generate``:
 
-* the bare base, at the start and again after our blend is restored (the spread is noise);
-* our fast path: ``BlendEngine`` patches the weights in place, N = 1, 3, 5 adapters;
+* the bare base and our fast path (``BlendEngine`` patches the weights in place) with
+  N = 1, 3, 5 adapters, interleaved: each round makes one image of each, in alternating
+  order, so a slow drift of the machine (seen: ±15% over a minute) hits all of them alike;
 * diffusers: ``load_lora_weights`` + ``set_adapters`` (peft layers run at every step), same N;
 * diffusers ``fuse_lora`` of the 3-adapter blend;
 
@@ -16,7 +17,7 @@ restore; diffusers' ``set_adapters`` weight change and ``fuse_lora``. With
 it too, and its patched weights are checked bit for bit against ours.
 
     python bench/generate_bench.py --model sd15 --json sd15.json       # GPU, fp16, 512 px
-    python bench/generate_bench.py --model sdxl --repeats 2            # GPU, fp16, 1024 px
+    python bench/generate_bench.py --model sdxl --repeats 3            # GPU, fp16, 1024 px
     python bench/generate_bench.py --tiny                              # CPU smoke run
 """
 
@@ -81,6 +82,7 @@ class Bench:
         )
         self.results = Results(meta={k: str(v) for k, v in vars(args).items()})
         self.images: dict[str, np.ndarray] = {}
+        self.peaks: dict[str, float] = {}
 
     def out_of_time(self, what: str) -> bool:
         if time.perf_counter() - self.started < self.args.time_limit:
@@ -91,23 +93,53 @@ class Bench:
     def log(self, text: str) -> None:
         print(f"[{time.perf_counter() - self.started:7.1f}s] {text}", flush=True)
 
-    def generate_row(self, label: str, path: str, adapters: int, session: GenerationSession) -> None:
-        """One warm-up image (kept for the image checks), then ``--repeats`` timed ones."""
+    def image(self, label: str, session: GenerationSession) -> float:
+        """Seconds for one image; the first image of each label is kept for the image checks."""
         reset_peak(self.device)
-        first = session.generate(self.settings)[0].image
-        self.images[label] = np.asarray(first, dtype=np.float32)
-        times = [timed(self.device, session.generate, self.settings)[1] for _ in range(self.args.repeats)]
+        images, seconds = timed(self.device, session.generate, self.settings)
+        self.images.setdefault(label, np.asarray(images[0].image, dtype=np.float32))
+        self.peaks[label] = max(self.peaks.get(label, 0.0), peak_gib(self.device) or 0.0)
+        return seconds
+
+    def record(self, label: str, path: str, adapters: int, times: list[float]) -> None:
         row = {
             "label": label,
             "path": path,
             "adapters": adapters,
             "s_per_image": statistics.median(times),
             "times": times,
-            "peak_gib": peak_gib(self.device),
+            "peak_gib": self.peaks[label] if self.device.startswith("cuda") else None,
         }
         self.results.rows.append(row)
         self.results.save(self.args.json)
         self.log(f"{label}: {row['s_per_image']:.3f} s/img, runs {', '.join(f'{t:.3f}' for t in times)}")
+
+    def generate_row(self, label: str, path: str, adapters: int, session: GenerationSession) -> None:
+        """One warm-up image, then ``--diffusers-repeats`` timed ones."""
+        self.image(label, session)
+        self.record(
+            label, path, adapters, [self.image(label, session) for _ in range(self.args.diffusers_repeats)]
+        )
+
+    def interleaved(self, adapters: list) -> None:
+        """Bare base and ours at each N, one image each per round, order reversed every other round."""
+        session = GenerationSession(self.pipe, base=self.args.model, family=self.family)
+        blends = {
+            n: [BlendItem(a, AdapterWeights(w)) for a, w in zip(adapters[:n], WEIGHTS)] for n in (0, *COUNTS)
+        }
+        labels = {n: f"ours N={n}" if n else "bare base" for n in blends}
+        times: dict[int, list[float]] = {n: [] for n in blends}
+        session.generate(self.settings)  # warm-up: kernels, allocator, cuDNN/cuBLAS plans
+        for round_ in range(self.args.repeats):
+            if self.out_of_time(f"round {round_ + 1}"):
+                break
+            for n in list(blends)[:: 1 if round_ % 2 == 0 else -1]:
+                session.set_blend(blends[n])
+                times[n].append(self.image(labels[n], session))
+        session.close()
+        for n, label in labels.items():
+            if times[n]:
+                self.record(label, "bare base" if n == 0 else "ours (patched in place)", n, times[n])
 
     def op(self, name: str, adapters: int, fn, *args, **kwargs) -> Any:
         """Time one patch/fuse operation and record it."""
@@ -129,6 +161,8 @@ class Bench:
         ]
         touched = set().union(*(a.layers for a in adapters))
         originals = self.touched_snapshot(touched)
+        self.interleaved(adapters)
+        self.free()
         patched = None  # weights under the full blend, for --reference-engine
         for n in COUNTS:
             if self.out_of_time(f"ours N={n}"):
@@ -136,7 +170,6 @@ class Bench:
             items = [BlendItem(a, AdapterWeights(w)) for a, w in zip(adapters[:n], WEIGHTS)]
             session = GenerationSession(self.pipe, base=self.args.model, family=self.family)
             self.op("ours: first fuse (cold)", n, session.set_blend, items)
-            self.generate_row(f"ours N={n}", "ours (patched in place)", n, session)
             self.op("ours: slider change", n, session.set_weights, "style_0", AdapterWeights(SLIDER))
             self.op("ours: slider change", n, session.set_weights, "style_0", AdapterWeights(WEIGHTS[0]))
             if n == max(COUNTS):
@@ -210,12 +243,9 @@ class Bench:
                     self.results.checks[f"mean_abs_pixel_diff({label} vs ours)"] = float(
                         np.abs(image - ours).mean()
                     )
-        base = self.images.get("bare base")
-        for label in ("ours N=3", "bare base (after restore)"):
-            if base is not None and label in self.images:
-                self.results.checks[f"mean_abs_pixel_diff({label} vs bare base)"] = float(
-                    np.abs(self.images[label] - base).mean()
-                )
+        if "bare base" in self.images and "ours N=3" in self.images:
+            diff = np.abs(self.images["ours N=3"] - self.images["bare base"]).mean()
+            self.results.checks["mean_abs_pixel_diff(ours N=3 vs bare base)"] = float(diff)
 
     def run(self) -> Results:
         args = self.args
@@ -232,11 +262,7 @@ class Bench:
                 args.preset,
             )
             self.log(f"wrote {len(files)} rank-{args.rank} '{args.preset}' LoRA files in {seconds:.1f} s")
-            base = GenerationSession(self.pipe, base=args.model, family=self.family)
-            self.generate_row("bare base", "bare base", 0, base)
             self.ours(files)
-            if not self.out_of_time("bare base again"):
-                self.generate_row("bare base (after restore)", "bare base", 0, base)
             if not args.skip_diffusers:
                 self.diffusers(files)
         self.image_checks()
@@ -256,12 +282,16 @@ def print_tables(results: Results) -> None:
     print(
         f"\n{meta['model']}, {meta['dtype']}, {meta['steps']} steps, CFG 7, rank {meta['rank']} '{meta['preset']}'"
     )
-    print("| path | N | s/img (median) | vs bare base | peak GiB |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| path | N | s/img (median) | min – max | runs | vs bare base | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         ratio = f"{r['s_per_image'] / base:.3f}" if base else "—"
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "—"
-        print(f"| {r['label']} | {r['adapters']} | {r['s_per_image']:.3f} | {ratio} | {peak} |")
+        spread = f"{min(r['times']):.3f} – {max(r['times']):.3f}"
+        print(
+            f"| {r['label']} | {r['adapters']} | {r['s_per_image']:.3f} | {spread} | {len(r['times'])} "
+            f"| {ratio} | {peak} |"
+        )
     print("\n| operation | N | ms |")
     print("| --- | --- | --- |")
     for o in results.ops:
@@ -278,7 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, help="image side in pixels (default: the model's native size)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed images per row (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of bare base + ours")
+    parser.add_argument("--diffusers-repeats", type=int, default=2, help="timed images per diffusers row")
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--preset", default="full", choices=["cross-attn", "attn", "full"])
     parser.add_argument(
@@ -292,6 +323,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:
         args.model, args.device, args.dtype, args.steps, args.rank = "tiny-sd1", "cpu", "float32", 2, 4
+        args.repeats, args.diffusers_repeats = min(args.repeats, 3), 1
     return args
 
 

@@ -192,9 +192,12 @@ def test_factors_go_to_the_weights_device_whatever_the_layer_kind():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("originals_bytes", [None, 0], ids=["originals-on-gpu", "originals-in-pinned-host"])
-def test_cuda_patch_never_waits_for_the_gpu_and_restores_bit_exactly(setup, originals_bytes):
-    """On CUDA a patch is only queued work (no host sync per layer), wherever the originals live."""
+@pytest.mark.parametrize(
+    "budget", [None, 0], ids=["originals-and-deltas-on-gpu", "pinned-host-and-recomputed"]
+)
+def test_cuda_patch_never_waits_for_the_gpu_and_restores_bit_exactly(setup, budget):
+    """On CUDA a patch is only queued work (no host sync per layer), wherever the originals live
+    and whether ΔWs are cached or recomputed from factors kept on the GPU."""
     pipe, a, b = setup
     items = [BlendItem(a, AdapterWeights(0.7)), BlendItem(b, AdapterWeights(-0.3, text_encoder=0.5))]
     keys = sorted(set(a.layers) | set(b.layers))
@@ -205,19 +208,19 @@ def test_cuda_patch_never_waits_for_the_gpu_and_restores_bit_exactly(setup, orig
 
     pipe.to("cuda", torch.float16)
     originals = {key: param(pipe, key).detach().clone() for key in keys}
-    engine = BlendEngine(pipe.components, originals_bytes=originals_bytes)
+    engine = BlendEngine(pipe.components, originals_bytes=budget, cache_bytes=budget)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         engine.set_blend(items)
-        on_gpu = engine.originals_bytes_on_device
+        on_gpu, cached = engine.originals_bytes_on_device, engine.cache_bytes_used
         engine.set_blend([BlendItem(a, AdapterWeights(1.3)), items[1]])
         engine.set_blend(items)
         patched = {key: param(pipe, key).detach().clone() for key in keys}
         engine.restore()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert (on_gpu > 0) == (originals_bytes is None)
+    assert (on_gpu > 0) == (cached > 0) == (budget is None)
     for key in keys:
         torch.testing.assert_close(patched[key].float().cpu(), expected[key], rtol=2e-3, atol=2e-3)
         assert torch.equal(param(pipe, key), originals[key]), key

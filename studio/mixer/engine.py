@@ -21,7 +21,7 @@ too. A patch is then only queued kernels, and a slider change costs milliseconds
 
 Unit ΔWs (one adapter, one layer, weight 1) are cached in fp32 on the weight's device
 while the cache stays under a budget; beyond that they are recomputed, which costs one
-small matmul per layer. A full-coverage SDXL LoRA is ~12 GB of fp32 ΔW, so an unbounded
+small matmul per layer, from the adapter's factors kept on the device (a file's size). A full-coverage SDXL LoRA is ~12 GB of fp32 ΔW, so an unbounded
 cache is not an option. Both budgets default to a quarter of the memory free when the
 engine first needs them.
 """
@@ -95,6 +95,7 @@ class BlendEngine:
         self._originals: dict[LayerKey, Tensor] = {}
         self._applied: dict[LayerKey, Terms] = {}
         self._cache: dict[tuple[Adapter, LayerKey], Tensor] = {}
+        self._factors: dict[tuple[Adapter, LayerKey], AdapterLayer] = {}  # of uncached ΔWs, on the device
         self._cache_used = 0
 
     @classmethod
@@ -122,19 +123,26 @@ class BlendEngine:
         cached = self._cache.get((adapter, key))
         if cached is not None:
             return cached
-        delta = _factors_to(adapter.layers[key], weight.device).delta(tuple(weight.shape), weight.device)
+        layer = self._factors.get((adapter, key))
+        if layer is None:
+            layer = _factors_to(adapter.layers[key], weight.device)
+        delta = layer.delta(tuple(weight.shape), weight.device)
         if self._cache_budget is None:
             self._cache_budget = default_cache_budget(weight.device)
         size = _nbytes(delta)
         if self._cache_used + size <= self._cache_budget:
             self._cache[(adapter, key)] = delta
             self._cache_used += size
+        else:  # recomputed at every patch: keep its (small) factors on the device, not re-sent each time
+            self._factors[(adapter, key)] = layer
         return delta
 
     def _forget_adapters_except(self, keep: set[Adapter]) -> None:
         for cache_key in [k for k in self._cache if k[0] not in keep]:
             tensor = self._cache.pop(cache_key)
             self._cache_used -= _nbytes(tensor)
+        for factor_key in [k for k in self._factors if k[0] not in keep]:
+            del self._factors[factor_key]
 
     def _save_original(self, weight: Tensor) -> Tensor:
         """A copy of ``weight`` to restore from: on its accelerator while the budget lasts, else in
@@ -167,11 +175,12 @@ class BlendEngine:
             weight.copy_(original, non_blocking=True)
             self._drop_original(key)
             return
-        delta = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        for adapter, coefficient in terms:
+        (first, first_coefficient), *rest = terms
+        delta = self._unit_delta(first, key, weight) * first_coefficient
+        for adapter, coefficient in rest:
             delta.add_(self._unit_delta(adapter, key, weight), alpha=coefficient)
-        base = original.to(weight.device, non_blocking=True).float()
-        weight.copy_((base + delta).to(weight.dtype))
+        # fp16/bf16 + fp32 is computed in fp32 (the original upcast exactly); copy_ casts back once.
+        weight.copy_(original.to(weight.device, non_blocking=True) + delta)
 
     def set_blend(self, items: Sequence[BlendItem]) -> PatchStats:
         """Make the weights equal base + this blend, rewriting only the layers that change."""
