@@ -207,6 +207,17 @@ def test_auth_is_enforced_and_only_workspace_files_are_served(tmp_path):
                 ws.datasets / "a" / ".." / ".." / ".." / "secret.txt",
             ):
                 assert browser.get(file_url + str(path)).status_code == 403, path
+        # A second app on the same workspace, or on a taken port, stops with one line.
+        for argv, code, message in (
+            (["--workspace", str(ws.root), "--port", str(free_port())], 2, "already using this workspace"),
+            (["--workspace", str(tmp_path / "other"), "--port", str(app.port)], 1, "pass another --port"),
+        ):
+            done = subprocess.run(
+                [sys.executable, str(REPO / "app.py"), *argv], capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == code and message in done.stderr and "Traceback" not in done.stderr, (
+                done.stderr
+            )
     finally:
         app.stop()
     assert "WITHOUT a password" not in app.output()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass
 
 from studio.app.db import Database
@@ -9,6 +11,7 @@ from studio.app.jobs import JobManager
 from studio.app.mixing import MixService
 from studio.app.uploads import UploadLimits
 from studio.app.workspace import Workspace
+from studio.errors import StudioError
 
 
 @dataclass
@@ -22,8 +25,29 @@ class AppContext:
     @classmethod
     def open(cls, workspace: str, limits: UploadLimits | None = None) -> AppContext:
         ws = Workspace.open(workspace)
+        _lock(ws)
         db = Database(ws.db_path)
         return cls(ws, db, JobManager(ws, db), MixService(ws, db), limits or UploadLimits())
 
     def close(self) -> None:
         self.jobs.close()
+
+
+_LOCKS: dict[str, int] = {}
+
+
+def _lock(ws: Workspace) -> None:
+    """One app per workspace: a second one would take the first one's running job for a dead one."""
+    if str(ws.root) in _LOCKS:
+        return
+    fd = os.open(ws.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StudioError(
+            "another studio app is already using this workspace",
+            path=ws.root,
+            hint="open that app, or stop it first, or pass another --workspace",
+        ) from None
+    _LOCKS[str(ws.root)] = fd  # held until the process exits

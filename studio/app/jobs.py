@@ -128,6 +128,10 @@ class JobManager:
 
     def _recover(self) -> None:
         for job in self.db.jobs():
+            if job.status == "new":  # the app died between creating the job and queueing it
+                self.db.set_status_if(
+                    job.id, ("new",), status="failed", error="the app stopped while creating it"
+                )
             if job.status != "running":
                 continue
             if _alive(job.pid) and _is_worker(job.pid):

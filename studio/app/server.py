@@ -118,6 +118,7 @@ def launch(config: AppConfig, *, block: bool = True):
 
     limits = UploadLimits(max_bytes=config.max_upload_mb << 20, max_files=config.max_files)
     ctx = AppContext.open(str(ws.root), limits)
+    print(f"studio: workspace {ws.root}", flush=True)
     warning = exposure_warning(config)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -157,4 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # the port is taken, or the address cannot be bound
+        print(
+            f"studio: error: cannot serve on {args.host}:{args.port} ({exc}); pass another --port",
+            file=sys.stderr,
+        )
+        return 1
     return 0
