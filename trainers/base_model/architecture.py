@@ -25,9 +25,13 @@ SCHEDULER = {
 }
 
 
+def tokenizer_words() -> list[str]:
+    """The caption grammar plus common prompt words, so user prompts still tokenize well."""
+    return sorted({*vocabulary(), *DEFAULT_CORPUS})
+
+
 def make_tokenizer() -> CLIPTokenizer:
-    """BPE over the caption grammar plus common prompt words, so user prompts still tokenize well."""
-    return build_tokenizer(sorted({*vocabulary(), *DEFAULT_CORPUS}))
+    return build_tokenizer(tokenizer_words())
 
 
 def make_vae() -> AutoencoderKL:
