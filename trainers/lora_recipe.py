@@ -199,7 +199,8 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
 
     def text_for(captions: list[str]):
         if config.train_text_encoder:
-            return encode_text(components, family, captions, device)
+            # Through the prepared (on several GPUs: DDP-wrapped) encoders, so their gradients sync.
+            return encode_text({**components, **models}, family, captions, device)
         encoded = [text_cache.get(c) for c in captions]
         hidden = torch.cat([e[0] for e in encoded])
         pooled = None if encoded[0][1] is None else torch.cat([e[1] for e in encoded])
