@@ -69,6 +69,14 @@ def choose(page, elem_id: str, option: str) -> None:
     page.locator(f"#{elem_id}").get_by_role("option", name=option).first.click()
 
 
+def wait_or_fail(page, target, timeout: float = SLOW) -> None:
+    """Wait for ``target``, but stop at once with its text when the app shows an error toast."""
+    toast = page.locator("[data-testid='toast-body']")
+    target.or_(toast).first.wait_for(timeout=timeout)
+    if toast.count():
+        raise AssertionError("the app showed an error: " + toast.first.inner_text())
+
+
 def screenshot(page, artifacts: Path, name: str) -> None:
     page.wait_for_timeout(800)
     path = artifacts / f"{name}.png"
@@ -108,20 +116,26 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     expect(page.locator("#train-captions")).to_contain_text("inkstyle, a red square")
     page.locator("#train-save").click()
     expect(page.locator("#train-message")).to_contain_text("Saved 6 caption file(s)")
+    expect(page.locator("#train-report")).to_contain_text("resolution 128")
     assert (ws / "datasets/shapes/shape_01.txt").read_text() == "inkstyle, a red square\n"
 
     # 2. Train a few steps on the embedded model; watch progress reach 100%.
     page.locator("#train-advanced").get_by_text("Advanced options").click()
+    expect(field(page, "adv-steps")).to_have_value("150")  # the preset's value, rendered
     for elem_id, value in [
         ("adv-steps", 3), ("adv-resolution", 64), ("adv-batch-size", 2), ("adv-sample-every", 3),
         ("adv-sample-steps", 2), ("adv-checkpoint-every", 0), ("adv-sample-prompts", "inkstyle"),
     ]:  # fmt: skip
         field(page, elem_id).fill(str(value))
+        field(page, elem_id).blur()
+        expect(field(page, elem_id)).to_have_value(str(value))
     field(page, "train-name").fill("ink")
     page.locator("#train-start").click()
     expect(page.locator("#train-message")).to_contain_text("Queued job #1")
     progress = page.locator("#train-progress .studio-progress")
-    expect(progress).to_have_attribute("data-status", "finished", timeout=SLOW)
+    ended = ":is([data-status=finished], [data-status=failed], [data-status=interrupted])"
+    wait_or_fail(page, page.locator(f"#train-progress .studio-progress{ended}"))
+    expect(progress).to_have_attribute("data-status", "finished")
     expect(progress).to_have_attribute("data-percent", "100")
     expect(progress).to_contain_text("step 3/3")
     expect(page.locator("#train-samples img").first).to_be_visible()
@@ -162,14 +176,15 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     field(page, "mix-width").fill("32")
     field(page, "mix-height").fill("32")
     field(page, "mix-seed").fill("7")
-    images = []
+    images, made_files = [], []
     for weights in ((1.0, 0.5), (-1.0, 1.5)):
         set_number(page, "mix-weight-0", weights[0])
         set_number(page, "mix-weight-1", weights[1])
         before = set((ws / "samples").glob("*.png"))
         page.locator("#mix-generate").click()
-        expect(page.locator("#mix-gallery img")).to_have_count(len(images) + 1, timeout=SLOW)
+        wait_or_fail(page, page.locator("#mix-gallery img").nth(len(images)))
         (made,) = set((ws / "samples").glob("*.png")) - before
+        made_files.append(made)
         recipe = read_recipe(made)
         assert [(a.name, a.weights.weight) for a in recipe.adapters] == [
             ("ink", weights[0]),
@@ -182,9 +197,7 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
 
     # 6. Dropping the first PNG restores its sliders; bake the blend into one file.
     page.get_by_text("Recipe", exact=True).click()
-    page.locator("#mix-recipe-drop input[type=file]").set_input_files(
-        str(sorted((ws / "samples").glob("*.png"))[0])
-    )
+    page.locator("#mix-recipe-drop input[type=file]").set_input_files(str(made_files[0]))
     expect(page.locator("#mix-message")).to_contain_text("Restored the recipe (2 adapter(s), seed 7)")
     expect(page.locator("#mix-weight-0 input[type=number]")).to_have_value("1")
     expect(page.locator("#mix-weight-1 input[type=number]")).to_have_value("0.5")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from test_adapters_support import make_kohya, tiny
+from test_adapters_support import make_kohya
 
 from studio.samples import make_demo_dataset
 
@@ -106,8 +106,10 @@ def dataset_zip(path: Path, count: int = 6) -> Path:
 
 
 def random_adapter(path: Path, seed: int = 3) -> Path:
-    """A kohya LoRA for the embedded default model (same tiny SD 1.x architecture, seed 0)."""
-    return make_kohya(path, tiny("sd1", seed=0), "sd1", seed)
+    """A random kohya LoRA for the embedded default model (whatever its architecture)."""
+    from studio.models.loader import load_base
+
+    return make_kohya(path, load_base("default").pipeline, "sd1", seed)
 
 
 def alive(pid: int) -> bool:

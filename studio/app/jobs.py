@@ -94,10 +94,6 @@ class JobManager:
     def log_path(self, job_id: int) -> Path:
         return self.ws.jobs / str(job_id) / "log.txt"
 
-    def running_pid(self) -> int | None:
-        with self._lock:
-            return self._proc.pid if self._proc is not None else None
-
     def wake(self) -> None:
         self._tick()
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image
 
 from studio.adapters import Adapter, file_sha256, load_adapter
 from studio.app import library
@@ -72,6 +70,8 @@ class MixService:
         path = library.adapter_file(self.ws, row)
         key = (base, str(path), path.stat().st_mtime)
         if key not in self._adapters:
+            for stale in [k for k in self._adapters if k[:2] == key[:2]]:  # the file changed since
+                del self._adapters[stale]
             self._adapters[key] = load_adapter(
                 path, session.pipeline.components, session.family, name=row.name
             )
@@ -186,12 +186,3 @@ def _sha(ws: Workspace, rel: str) -> str:
     if key not in _SHA_CACHE:
         _SHA_CACHE[key] = file_sha256(path)
     return _SHA_CACHE[key]
-
-
-def settings_of(recipe: Recipe) -> GenerationSettings:
-    return replace(recipe.settings, batch=1) if recipe.settings.batch < 1 else recipe.settings
-
-
-def open_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.copy()

@@ -8,7 +8,7 @@ from studio.app.workspace import Workspace
 from studio.errors import StudioError
 
 DEFAULT = "default"
-DEFAULT_LABEL = "Embedded default model (tiny SD 1.x, works offline)"
+DEFAULT_LABEL = "Embedded default model (small SD 1.x, works offline)"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 

@@ -87,7 +87,8 @@ def build_app(ctx):
     # delete_cache: Gradio keeps a copy of every served or uploaded file; drop copies older than a day.
     with gr.Blocks(title="Style-adapter studio", delete_cache=(3600, 86400)) as demo:
         gr.Markdown(
-            f"## Style-adapter studio\nWorkspace: `{ctx.ws.root}` · train a style LoRA, mix adapters, export kohya files."
+            f"## Style-adapter studio\nWorkspace: `{_shown(ctx.ws.root)}` · train a style LoRA, mix adapters, "
+            "export kohya files."
         )
         with gr.Tabs():
             train_tab.build(ctx)
@@ -95,6 +96,14 @@ def build_app(ctx):
             library_tab.build(ctx)
         api_endpoints.build(ctx)
     return demo
+
+
+def _shown(path: Path) -> str:
+    """The workspace as the user typed it: relative to where the app was started when inside it."""
+    try:
+        return "./" + path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def prepare_environment(workspace: Path) -> None:

@@ -52,7 +52,12 @@ def build(ctx: AppContext) -> gr.Tab:
                 message = gr.Markdown(elem_id="library-message")
             with gr.Column(scale=3):
                 details = gr.Code(
-                    label="Metadata", language=None, interactive=False, lines=18, elem_id="library-metadata"
+                    label="Metadata",
+                    language=None,
+                    interactive=False,
+                    lines=18,
+                    max_lines=30,
+                    elem_id="library-metadata",
                 )
 
         def refresh(choice: str | None = None):

@@ -132,7 +132,11 @@ def build(ctx: AppContext) -> gr.Tab:
                 seed_ = random.randrange(2**31)
             settings = settings_from(prompt_, negative_, seed_, *rest, batch=n)
             paths = ctx.mix.generate(resolve_base(ctx.ws, base_choice, hub), slots, settings)
-            items = [(str(p), f"seed {settings.seed + i}") for i, p in enumerate(paths)]
+            blend = ", ".join(f"{s.adapter} {s.weight:g}" for s in slots if s.adapter and s.enabled)
+            items = [
+                (str(p), f"seed {settings.seed + i}" + (f" · {blend}" if blend else ""))
+                for i, p in enumerate(paths)
+            ]
             previous = [
                 (item[0], item[1]) if isinstance(item, (list, tuple)) else item for item in history or []
             ]

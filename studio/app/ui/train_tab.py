@@ -157,7 +157,12 @@ def build(ctx: AppContext) -> gr.Tab:
                     replace_btn = gr.Button("Replace", size="sm", elem_id="train-replace-btn")
                     save = gr.Button("Save captions", size="sm", variant="secondary", elem_id="train-save")
                 report = gr.Code(
-                    label="Dataset check", language=None, interactive=False, lines=8, elem_id="train-report"
+                    label="Dataset check",
+                    language=None,
+                    interactive=False,
+                    lines=8,
+                    max_lines=24,
+                    elem_id="train-report",
                 )
             with gr.Column(scale=2):
                 gr.Markdown("### 2 · Settings")
@@ -276,7 +281,10 @@ def build(ctx: AppContext) -> gr.Tab:
         prepend.click(prepend_trigger, [table, trigger], table, api_visibility="private")
         replace_btn.click(find_replace, [table, find, replace], table, api_visibility="private")
         save.click(
-            save_captions, [dataset, table, trigger], [table, report, message], api_visibility="private"
+            save_captions,
+            [dataset, table, trigger, resolution],
+            [table, report, message],
+            api_visibility="private",
         )
 
         # Settings and actions.
