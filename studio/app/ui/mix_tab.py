@@ -35,6 +35,10 @@ def settings_from(
     )  # fmt: skip
 
 
+def recipe_choices(ctx: AppContext) -> list[str]:
+    return sorted(path.stem for path in ctx.ws.recipes.glob("*.json"))
+
+
 def slots_from(values: list) -> list[Slot]:
     """Flat widget values (adapter, enabled, weight, unet, te) x SLOTS -> slots."""
     return [
@@ -106,6 +110,10 @@ def build(ctx: AppContext) -> gr.Tab:
                         recipe_name = gr.Textbox(label="Recipe name", value="my-blend")
                         save_recipe = gr.Button("Save recipe", elem_id="mix-save-recipe")
                     recipe_file = gr.File(label="Recipe file", interactive=False)
+                    with gr.Row():
+                        saved_recipes = gr.Dropdown(recipe_choices(ctx), value=None, label="Saved recipes",
+                                                    elem_id="mix-saved-recipes")  # fmt: skip
+                        load_saved = gr.Button("Load", elem_id="mix-load-recipe")
                 with gr.Accordion("Bake the blend into one file", open=False):
                     with gr.Row():
                         bake_name = gr.Textbox(label="File name", value="my-blend", elem_id="mix-bake-name")
@@ -165,10 +173,12 @@ def build(ctx: AppContext) -> gr.Tab:
             slots = slots_from(list(values[: SLOTS * 5]))
             settings = settings_from(*values[SLOTS * 5 :])
             path = ctx.mix.save_recipe(resolve_base(ctx.ws, base_choice, hub), slots, settings, name)
-            return str(path), f"Saved recipe {ctx.ws.relative(path)}."
+            choices = gr.update(choices=recipe_choices(ctx), value=path.stem)
+            return str(path), choices, f"Saved recipe {ctx.ws.relative(path)}."
 
         save_recipe.click(
-            do_save_recipe, [base, hub_id, recipe_name, *slot_widgets, *settings_inputs], [recipe_file, message],
+            do_save_recipe, [base, hub_id, recipe_name, *slot_widgets, *settings_inputs],
+            [recipe_file, saved_recipes, message],
             api_visibility="private", **GENERATE,
         )  # fmt: skip
 
@@ -194,12 +204,12 @@ def build(ctx: AppContext) -> gr.Tab:
                 s.prompt, s.negative, s.seed, s.steps, s.guidance, s.width or 0, s.height or 0, s.scheduler,
             )  # fmt: skip
 
-        recipe_drop.upload(
-            do_load_recipe,
-            recipe_drop,
-            [base, message, *slot_widgets, *settings_inputs],
-            api_visibility="private",
-        )
+        recipe_outputs = [base, message, *slot_widgets, *settings_inputs]
+        recipe_drop.upload(do_load_recipe, recipe_drop, recipe_outputs, api_visibility="private")
+        load_saved.click(
+            lambda name: do_load_recipe(str(ctx.ws.recipes / f"{name}.json") if name else None),
+            saved_recipes, recipe_outputs, api_visibility="private",
+        )  # fmt: skip
 
         @guard
         def do_bake(base_choice, hub, name, rank, *values):
@@ -238,7 +248,8 @@ def build(ctx: AppContext) -> gr.Tab:
             api_visibility="private",
         )
         tab.select(
-            lambda: [gr.update(choices=adapter_choices(ctx))] * SLOTS + [gr.update(choices=base_choices(ctx.ws))],
-            None, [*adapter_dropdowns, base], api_visibility="private",
+            lambda: [gr.update(choices=adapter_choices(ctx))] * SLOTS
+            + [gr.update(choices=base_choices(ctx.ws)), gr.update(choices=recipe_choices(ctx))],
+            None, [*adapter_dropdowns, base, saved_recipes], api_visibility="private",
         )  # fmt: skip
     return tab
