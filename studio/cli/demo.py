@@ -43,8 +43,11 @@ def run(args: argparse.Namespace) -> int:
         sample_steps=10,
     )
     result = train(config)
+    window = max(1, len(result.losses) // 4)  # one step's loss is mostly the noise it drew
+    first, last = result.losses[:window], result.losses[-window:]
     print(
-        f"\ntrained {result.steps} steps in {result.seconds:.1f}s, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}"
+        f"\ntrained {result.steps} steps in {result.seconds:.1f}s ({result.steps / result.seconds:.2f} steps/s); "
+        f"mean loss of the first {window} steps {sum(first) / window:.4f}, of the last {window} {sum(last) / window:.4f}"
     )
     for path in result.outputs:
         print(f"wrote {path}")
