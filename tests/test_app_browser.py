@@ -108,9 +108,11 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     expect(page.locator("#train-captions")).to_contain_text("a square on a red background")
     expect(page.locator("#train-report")).to_contain_text("resolution 128")  # the preset's, not a default
     page.locator("#train-captions").get_by_text("a square on a red background").dblclick()
-    page.keyboard.press("Control+A")
-    page.keyboard.type("a red square")
-    page.keyboard.press("Enter")
+    editor = page.locator("#train-captions textarea, #train-captions input[type=text]").first
+    editor.wait_for()  # the cell editor is open
+    editor.fill("a red square")
+    editor.press("Enter")
+    expect(page.locator("#train-captions")).to_contain_text("a red square")
     field(page, "train-trigger").fill("inkstyle")
     page.locator("#train-prepend").click()
     expect(page.locator("#train-captions")).to_contain_text("inkstyle, a red square")
@@ -121,7 +123,11 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
 
     # 2. Train a few steps on the embedded model; watch progress reach 100%.
     page.locator("#train-advanced").get_by_text("Advanced options").click()
-    expect(field(page, "adv-steps")).to_have_value("150")  # the preset's value, rendered
+    choose(page, "train-preset", "Style (SD 1.5)")  # a preset fills the advanced options
+    expect(field(page, "adv-steps")).to_have_value("1500")
+    expect(field(page, "adv-resolution")).to_have_value("512")
+    choose(page, "train-preset", "Quick demo (embedded model)")
+    expect(field(page, "adv-steps")).to_have_value("150")
     for elem_id, value in [
         ("adv-steps", 3), ("adv-resolution", 64), ("adv-batch-size", 2), ("adv-sample-every", 3),
         ("adv-sample-steps", 2), ("adv-checkpoint-every", 0), ("adv-sample-prompts", "inkstyle"),

@@ -288,7 +288,7 @@ def build(ctx: AppContext) -> gr.Tab:
         )
 
         # Settings and actions.
-        preset.change(
+        preset.input(  # the user picked one (not a value set on page load)
             lambda p: [PRESETS[p].description, *preset_values(p)], preset, [preset_info, *advanced],
             api_visibility="private",
         )  # fmt: skip
