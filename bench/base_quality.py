@@ -6,6 +6,10 @@ Generates one image per held-out prompt (single object, plain background; captio
 model never trained on) at 20 steps and CFG 5, reads each back (background colour,
 object colour, object mask) and judges the shape with a classifier trained on clean
 renders. Prints a JSON summary; ``--out`` also keeps a contact sheet of the first images.
+
+    python bench/base_quality.py --figure docs/blend.png --adapters A.safetensors B.safetensors
+
+instead draws the README figure: base | style A | style B | 50/50 blend, one prompt and seed.
 """
 
 from __future__ import annotations
@@ -23,11 +27,26 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from studio.generate import GenerationSession
+from studio.mixer import AdapterWeights, BlendItem
 from studio.models.loader import load_base
 from studio.recipes import GenerationSettings
 from studio.toyworld import held_out_scenes
 from studio.toyworld.analysis import read_single
 from studio.toyworld.shape_classifier import train_shape_classifier
+
+
+def blend_figure(model: str, adapters: list[Path], path: Path, prompt: str, seed: int) -> None:
+    base = load_base(model)
+    session = GenerationSession(base.pipeline, model)
+    loaded = [session.add_adapter(p, AdapterWeights(weight=0.0)) for p in adapters]
+    tiles = []
+    for weights in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.5, 0.5)):
+        session.set_blend([BlendItem(a, AdapterWeights(weight=w)) for a, w in zip(loaded, weights)])
+        settings = GenerationSettings(prompt=prompt, seed=seed, steps=20, guidance=5.0)
+        tiles.append(np.asarray(session.generate(settings)[0].image))
+    strip = np.concatenate(tiles, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(path)
 
 
 def main() -> None:
@@ -39,7 +58,13 @@ def main() -> None:
     parser.add_argument("--scheduler", default="dpm++2m-karras")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--figure", type=Path, default=None)
+    parser.add_argument("--adapters", type=Path, nargs=2, default=None)
+    parser.add_argument("--prompt", default="a large purple star in the center, on a yellow background")
     args = parser.parse_args()
+    if args.figure:
+        blend_figure(args.model, args.adapters, args.figure, args.prompt, seed=0)
+        return
 
     classifier = train_shape_classifier()
     base = load_base(args.model)

@@ -1,8 +1,9 @@
 """The embedded default base model, so the studio works offline out of the box.
 
-If ``assets/default-model`` holds a trained model (a later milestone ships one), that
-is used. Until then a tiny SD 1.x pipeline with random weights is built on first use
-and cached; it exercises every code path but draws noise.
+``assets/default-model`` holds the project's own trained SD 1.x-class model (128 px
+toyworld scenes; see its TRAINING.md), and that is used. A checkout without it falls back
+to a tiny SD 1.x pipeline with random weights, built on first use and cached; it
+exercises every code path but draws noise.
 """
 
 from __future__ import annotations
