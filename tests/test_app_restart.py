@@ -14,6 +14,7 @@ import signal
 import pytest
 from test_app_support import AppProcess, alive, wait_for
 
+from studio.app.db import Database
 from studio.app.progress import read_losses
 from studio.samples import make_demo_dataset
 
@@ -79,9 +80,10 @@ def test_kill_worker_then_restart_app_and_resume_from_last_checkpoint(tmp_path):
         assert second % EVERY == 0 and -1 <= listed["step"] - second <= EVERY
         resumed = until(client, job, lambda s: s["step"] >= second + 1, "progress after the restart")
         assert resumed["status"] == "running"
-        client.predict(job, api_name="/stop_job")
-        until(client, job, lambda s: s["status"] == "stopped", "the stop", 120)
     finally:
-        app.stop()
+        app.stop()  # Ctrl-C: the app hands its running job back as interrupted before it exits
+    final = Database(ws / "studio.db").job(job)
+    assert (final.status, final.error) == ("interrupted", "the app stopped while the job was running")
+    assert not alive(resumed["pid"]) and "Traceback" not in (ws / "jobs" / str(job) / "log.txt").read_text()
     steps = [step for step, _ in read_losses(ws / "jobs" / str(job) / "run")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > second  # no hole in the loss curve

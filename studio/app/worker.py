@@ -38,10 +38,14 @@ class _Watch:
         self.parent = os.getppid()
         self.stop: StopTraining | None = None
         signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_int)  # the app shutting down (or Ctrl-C in its terminal)
         threading.Thread(target=self._watch_parent, daemon=True).start()
 
     def _on_term(self, *_: object) -> None:
         self.stop = StopTraining("stopped", "stopped by the user")
+
+    def _on_int(self, *_: object) -> None:
+        self.stop = StopTraining("interrupted", "the app stopped while the job was running")
 
     def _watch_parent(self) -> None:
         while self.stop is None:
