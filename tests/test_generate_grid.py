@@ -70,6 +70,7 @@ def test_checkpoint_by_weight_grid_from_a_training_run(tmp_path, capsys):
 
     grid_png = tmp_path / "grid.png"
     argv = ["grid", "a circle", "--run", str(run_dir), "--weights", "0,1", "--seed", "3", "--steps", "2"]
+    argv += ["--width", "64", "--height", "64"]
     assert main([*argv, "--out", str(grid_png)]) == 0
     assert "rows: checkpoints" in capsys.readouterr().out
     cells = np.asarray(Image.open(grid_png).convert("RGB"))
