@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from studio import train  # the public API (it runs trainers.lora_recipe)
 from studio.cli import main
 from studio.config import TrainConfig
 from studio.data import DatasetConfig, load_training_image, scan_dataset
@@ -16,7 +17,6 @@ from studio.models.loader import load_base
 from studio.models.tiny import build_tiny_pipeline
 from studio.samples import make_demo_dataset
 from trainers.encoding import encode_latents, encode_text
-from studio import train  # the public API (it runs trainers.lora_recipe)
 
 
 @pytest.fixture(scope="module")
