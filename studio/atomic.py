@@ -36,13 +36,13 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes the file private (0600); a finished file gets normal permissions, so
-    # that a web UI running as another user can read an exported adapter.
-    os.chmod(tmp_path, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_UMASK)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); a finished file gets the mode of the one it
+        # replaces, or the usual one, so a web UI running as another user can read an adapter.
+        os.chmod(tmp_path, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     except OSError as exc:  # name the file the user asked for, not our temporary one
