@@ -24,22 +24,37 @@ _SDXL_KEY_MARKS = (
 _CONTEXT_WIDTHS = {768: ModelFamily.SD1, 1024: ModelFamily.SD2, 2048: ModelFamily.SDXL}
 
 
+# Header keys that name the base, strongest first, with the value prefixes each family uses.
+_METADATA_MARKS = (
+    (
+        "ss_base_model_version",
+        (("sdxl", ModelFamily.SDXL), ("sd_v2", ModelFamily.SD2), ("sd_v1", ModelFamily.SD1)),
+    ),
+    (
+        "modelspec.architecture",
+        (
+            ("stable-diffusion-xl", ModelFamily.SDXL),
+            ("stable-diffusion-v2", ModelFamily.SD2),
+            ("stable-diffusion-v1", ModelFamily.SD1),
+        ),
+    ),
+    ("ss_v2", (("true", ModelFamily.SD2),)),
+)
+
+
+def metadata_family(metadata: Mapping[str, str]) -> tuple[ModelFamily, str] | None:
+    """``(family, the header key that says so)``, or None when the header names no base."""
+    for key, prefixes in _METADATA_MARKS:
+        value = str(metadata.get(key, "")).lower()
+        for prefix, family in prefixes:
+            if value.startswith(prefix):
+                return family, key
+    return None
+
+
 def family_from_metadata(metadata: Mapping[str, str]) -> ModelFamily | None:
-    version = metadata.get("ss_base_model_version", "").lower()
-    if version.startswith("sdxl"):
-        return ModelFamily.SDXL
-    if version.startswith("sd_v2"):
-        return ModelFamily.SD2
-    if version.startswith("sd_v1"):
-        return ModelFamily.SD1
-    arch = metadata.get("modelspec.architecture", "").lower()
-    if arch.startswith("stable-diffusion-xl"):
-        return ModelFamily.SDXL
-    if arch.startswith("stable-diffusion-v2"):
-        return ModelFamily.SD2
-    if arch.startswith("stable-diffusion-v1"):
-        return ModelFamily.SD1
-    return ModelFamily.SD2 if metadata.get("ss_v2") == "True" else None
+    found = metadata_family(metadata)
+    return found[0] if found else None
 
 
 def family_from_keys(keys: Iterable[str]) -> ModelFamily | None:

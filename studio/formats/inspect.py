@@ -17,6 +17,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from studio.adapters.family import metadata_family
 from studio.errors import StudioError
 from studio.formats.safetensors_io import read_header
 
@@ -97,24 +98,6 @@ def detect_format(params: Params) -> str:
     return kind
 
 
-def _family_from_metadata(metadata: dict[str, str]) -> tuple[str, str] | None:
-    version = metadata.get("ss_base_model_version", "")
-    for start, family in (("sdxl", "SDXL"), ("sd_v2", "SD2"), ("sd_v1", "SD1")):
-        if version.startswith(start):
-            return family, "ss_base_model_version"
-    if metadata.get("ss_v2") == "True":
-        return "SD2", "ss_v2"
-    architecture = metadata.get("modelspec.architecture", "")
-    for start, family in (
-        ("stable-diffusion-xl", "SDXL"),
-        ("stable-diffusion-v2", "SD2"),
-        ("stable-diffusion-v1", "SD1"),
-    ):
-        if architecture.startswith(start):
-            return family, "modelspec.architecture"
-    return None
-
-
 def _in_features(params: Params, modules: dict[str, str], needles: tuple[str, ...]) -> int | None:
     """Input width of the first module whose name contains a needle, from its down factor."""
     for module in modules:
@@ -147,7 +130,8 @@ def _family_from_structure(params: Params, modules: dict[str, str]) -> tuple[str
 def guess_family(params: Params, modules: dict[str, str], metadata: dict[str, str]) -> tuple[str, str]:
     """``(family, evidence)``; the file's structure wins over what its metadata claims."""
     structure = _family_from_structure(params, modules)
-    declared = _family_from_metadata(metadata)
+    found = metadata_family(metadata)
+    declared = (found[0].value.upper(), found[1]) if found else None
     if structure and declared and structure[0] != declared[0]:
         return structure[0], f"{structure[1]}; metadata ({declared[1]}) says {declared[0]}"
     if structure:
