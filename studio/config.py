@@ -67,6 +67,13 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16 ; auto = bf16 on a capable GPU, else fp32
     gradient_checkpointing: bool = False
 
+    # Speed and memory. Each switch keeps the loss of the plain path (tests/test_train_speed.py).
+    compile: bool = False  # torch.compile the trained models; the first steps wait for the compiler
+    channels_last: bool = False  # NHWC UNet activations: faster convolutions on tensor-core GPUs
+    fused_optimizer: bool = True  # AdamW as one fused kernel per step instead of a loop over tensors
+    overlap_steps: bool = True  # read each loss one step late, so the GPU never waits for the CPU
+    low_memory: bool = False  # checkpointing + cached text + 8-bit Adam + VAE/text encoder off the GPU
+
     # Side outputs.
     sample_every: int = 0  # 0 = never
     sample_prompts: list[str] = field(default_factory=list)  # default: the trigger plus two captions

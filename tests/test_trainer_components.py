@@ -47,8 +47,8 @@ def test_min_snr_weights_follow_the_paper(prediction):
 
 def test_offset_noise_adds_one_constant_per_channel():
     latents = torch.zeros(2, 4, 8, 8)
-    plain = sample_noise(latents, torch.Generator().manual_seed(0))
-    offset = sample_noise(latents, torch.Generator().manual_seed(0), noise_offset=0.1)
+    plain = sample_noise(latents.shape, torch.Generator().manual_seed(0))
+    offset = sample_noise(latents.shape, torch.Generator().manual_seed(0), noise_offset=0.1)
     shift = offset - plain
     assert shift.abs().max() > 0
     torch.testing.assert_close(shift, shift[:, :, :1, :1].expand_as(shift))  # constant over pixels

@@ -9,17 +9,20 @@ accumulation and multi-GPU data parallelism.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import TorchDynamoPlugin
 from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
@@ -67,6 +70,18 @@ class StepEvent:
 
 
 @dataclass
+class Pending:
+    """An optimizer step whose loss is still on the device."""
+
+    step: int
+    epoch: int
+    loss: torch.Tensor
+    lr: float
+    images: int
+    seconds: float
+
+
+@dataclass
 class TrainResult:
     base: BaseModel  # the base with the trained adapter still attached (for previews)
     outputs: list[Path]
@@ -85,13 +100,34 @@ def _mixed_precision(requested: str) -> str:
     return "no"
 
 
-def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = None) -> TrainResult:
+def _low_memory(config: TrainConfig) -> TrainConfig:
+    """What ``low_memory`` switches on (8-bit Adam only where bitsandbytes is installed)."""
+    if not config.low_memory:
+        return config
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available()
+    return dataclasses.replace(
+        config,
+        gradient_checkpointing=True,
+        train_text_encoder=False,
+        optimizer="adamw8bit" if has_bnb else config.optimizer,
+    )
+
+
+def train(
+    config: TrainConfig,
+    on_step: Callable[[StepEvent], None] | None = None,
+    base: BaseModel | None = None,
+) -> TrainResult:
+    """Run ``config``; ``base`` trains on an already loaded model instead of loading ``config.base``."""
     config.validate()
+    config = _low_memory(config)
     config = dataclasses.replace(config, mixed_precision=_mixed_precision(config.mixed_precision))
     started = time.time()
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation,
+        cpu=not torch.cuda.is_available(),  # several CPU processes (tests) talk over gloo
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor" if config.compile else "no"),
     )
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
@@ -99,7 +135,7 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
     )
 
     # 1. Data and base model.
-    base = load_base(config.base, config=config.base_config)
+    base = base or load_base(config.base, config=config.base_config)
     family, components = base.family, base.components
     resolution = config.resolution or family.default_resolution
     data_config = DatasetConfig(
@@ -133,6 +169,8 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
         if components[name].dtype != dtype:
             components[name].to(dtype=dtype)
     cast_training_params(list(trainable.values()), dtype=torch.float32)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    components["unet"].to(memory_format=memory_format)
     if config.gradient_checkpointing:
         components["unet"].enable_gradient_checkpointing()
         if config.train_text_encoder:
@@ -140,9 +178,10 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
                 components[name].gradient_checkpointing_enable({"use_reentrant": False})
 
     # 3. Optimizer and schedule.
-    batches_per_epoch = math.ceil(
-        len(epoch_batches(items, config.batch_size, config.seed, 0)) / accelerator.num_processes
-    )
+    # Data parallel: every process walks the same global batches (batch_size per process) and
+    # takes its share, so N GPUs see exactly what one GPU sees at N times the batch size.
+    global_batch = config.batch_size * accelerator.num_processes
+    batches_per_epoch = len(epoch_batches(items, global_batch, config.seed, 0))
     steps_per_epoch = max(1, batches_per_epoch // config.gradient_accumulation)
     total_steps = config.steps or steps_per_epoch * (config.epochs or 10)
     groups = [{"params": [p for p in components["unet"].parameters() if p.requires_grad], "lr": config.lr}]
@@ -153,7 +192,9 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
                 "lr": config.effective_te_lr,
             }
         )
-    optimizer = build_optimizer(groups, config.optimizer, config.lr, config.weight_decay, device)
+    optimizer = build_optimizer(
+        groups, config.optimizer, config.lr, config.weight_decay, device, config.fused_optimizer
+    )
     lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, total_steps)
     prepared = accelerator.prepare(*trainable.values(), optimizer)
     models = dict(zip(trainable, prepared[:-1]))
@@ -162,7 +203,8 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
     generator = torch.Generator().manual_seed(config.seed)
     run_dir = config.effective_run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.toml")
+    if accelerator.is_main_process:
+        config.save(run_dir / "config.toml")
     state = TrainingState(step=0, micro_step=0, losses=[])
     if config.resume:
         checkpoint = resolve_checkpoint(config.resume)
@@ -188,6 +230,19 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
             for t in torch.no_grad()(encode_text)(components, family, [caption], device)
         )
     )
+    # Low memory: once everything they produce is cached, the VAE and frozen text encoders wait
+    # on the CPU (previews bring them back for a moment).
+    parked = []
+    if config.low_memory and not config.random_crop:
+        parked.append("vae")
+    if config.low_memory and not config.train_text_encoder and not config.shuffle_tags:
+        for caption in {item.caption for item in items} | {""}:
+            text_cache.get(caption)
+        parked += te_names
+    for name in parked:
+        components[name].to("cpu")
+    if parked and device.type == "cuda":
+        torch.cuda.empty_cache()
 
     def latent_for(sample: int, rng: random.Random):
         index = samples[sample]
@@ -209,39 +264,103 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
     sample_prompts = config.sample_prompts or _default_sample_prompts(config.trigger, items)
 
     def export(output: Path, file_format: str, steps: int) -> list[Path]:
-        unwrapped = {k: accelerator.unwrap_model(v) for k, v in components.items() if k in trainable}
+        unwrapped = {k: accelerator.unwrap_model(v, keep_torch_compile=False) for k, v in models.items()}
         lora = extract_lora({**components, **unwrapped})
         settings = dataclasses.replace(config, output=str(output), format=file_format)
         epochs = math.ceil(steps / steps_per_epoch)
         return export_adapter(settings, base, lora, dataset, resolution, steps, started, epochs)
+
+    def my_share(global_batch: list[int]) -> list[int]:
+        """Positions in the global batch this process trains on (every process gets at least one)."""
+        n = accelerator.num_processes
+        positions = list(range(len(global_batch)))
+        positions = (positions * n)[: max(n, len(positions))]  # repeat a batch smaller than n
+        return positions[accelerator.process_index :: n]
+
+    def finish_step(pending: Pending) -> None:
+        """Bookkeeping of one optimizer step once its loss is known: checks, logs, side outputs."""
+        loss = pending.loss.item()
+        if not math.isfinite(loss):
+            last = _last_checkpoint_text(run_dir)
+            raise TrainingDiverged(
+                f"loss became {loss} at step {pending.step}; {last}",
+                hint="lower --lr, use --mixed-precision bf16 or no, or check the dataset",
+            )
+        state.losses.append(loss)
+        event = StepEvent(
+            step=pending.step,
+            total_steps=total_steps,
+            epoch=pending.epoch,
+            loss=loss,
+            lr=pending.lr,
+            images_per_second=pending.images / max(pending.seconds, 1e-9),
+        )
+        progress.update(1)
+        progress.set_postfix(
+            loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", img_s=f"{event.images_per_second:.1f}"
+        )
+        if accelerator.is_main_process:
+            _append_metrics(run_dir, event)
+            if (
+                config.checkpoint_every
+                and event.step % config.checkpoint_every == 0
+                and event.step < total_steps
+            ):
+                event.checkpoint = save_checkpoint(
+                    run_dir, state, trainable, optimizer, lr_scheduler, generator, config.to_dict(),
+                    config.keep_checkpoints,
+                )  # fmt: skip
+                # A usable kohya file per checkpoint: try it elsewhere, or grid checkpoint x weight.
+                export(
+                    event.checkpoint / checkpoint_adapter_name(config.output, event.step), "kohya", event.step
+                )
+            if config.sample_every and event.step % config.sample_every == 0:
+                with _on_device([components[name] for name in parked], device):
+                    event.samples = _samples(
+                        base.pipeline, models, sample_prompts, run_dir, event.step, resolution, config
+                    )
+        if on_step:
+            on_step(event)
+
+    def needs_everything(step: int) -> bool:
+        """Checkpoints, previews and the end must see the state after ``step`` with all losses read."""
+        every = [n for n in (config.checkpoint_every, config.sample_every) if n]
+        return not config.overlap_steps or step == total_steps or any(step % n == 0 for n in every)
 
     # 5. The loop.
     progress = tqdm(
         total=total_steps, initial=state.step, desc="training", disable=not accelerator.is_main_process
     )
     epoch_cache: dict[int, list[list[int]]] = {}
-    window_loss, window_images, tick = 0.0, 0, time.time()
+    window_loss: torch.Tensor | float = 0.0
+    window_images, tick = 0, time.time()
+    waiting: list[Pending] = []
     for model in models.values():
         model.train()
     while state.step < total_steps:
         epoch, position = divmod(state.micro_step, batches_per_epoch)
         if epoch not in epoch_cache:
             epoch_cache.clear()
-            all_batches = epoch_batches(items, config.batch_size, config.seed, epoch)
-            epoch_cache[epoch] = all_batches[accelerator.process_index :: accelerator.num_processes]
-        batch = epoch_cache[epoch][position % len(epoch_cache[epoch])]
+            epoch_cache[epoch] = epoch_batches(items, global_batch, config.seed, epoch)
+        everyone = epoch_cache[epoch][position]
+        mine = my_share(everyone)
+        batch = [everyone[i] for i in mine]
 
         rngs = [random.Random(f"{config.seed}:{epoch}:{s}") for s in batch]
         encoded = [latent_for(s, rng) for s, rng in zip(batch, rngs)]
         latents = torch.stack([e[0] for e in encoded]).to(device)
+        latents = latents.contiguous(memory_format=memory_format)
         captions = [caption_for_sample(items[samples[s]], data_config, rng) for s, rng in zip(batch, rngs)]
+        # Noise and timesteps are drawn for the whole global batch, so they follow the sample, not the process.
+        noise = sample_noise((len(everyone), *latents.shape[1:]), generator, config.noise_offset)[mine]
+        timesteps = sample_timesteps(len(everyone), noise_scheduler.config.num_train_timesteps, generator)[
+            mine
+        ]
+        noise = noise.to(device, latents.dtype, non_blocking=True).contiguous(memory_format=memory_format)
+        timesteps = timesteps.to(device, non_blocking=True)
 
         with accelerator.accumulate(*models.values()):
             hidden, pooled = text_for(captions)
-            noise = sample_noise(latents, generator, config.noise_offset)
-            timesteps = sample_timesteps(
-                len(batch), noise_scheduler.config.num_train_timesteps, generator, device
-            )
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             added = None
             if family is ModelFamily.SDXL:
@@ -253,12 +372,6 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
             )[0]
             target = diffusion_target(noise_scheduler, latents, noise, timesteps)
             loss = diffusion_loss(prediction, target, timesteps, noise_scheduler, config.min_snr_gamma)
-            if not torch.isfinite(loss):
-                last = _last_checkpoint_text(run_dir)
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {state.step + 1}; {last}",
-                    hint="lower --lr, use --mixed-precision bf16 or no, or check the dataset",
-                )
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.max_grad_norm:
                 accelerator.clip_grad_norm_(
@@ -269,49 +382,25 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = Non
             optimizer.zero_grad(set_to_none=True)
 
         state.micro_step += 1
-        window_loss += loss.item() / config.gradient_accumulation
-        window_images += len(batch) * accelerator.num_processes
+        loss = loss.detach()
+        if accelerator.num_processes > 1:
+            loss = accelerator.reduce(loss, "mean")
+        window_loss = window_loss + loss / config.gradient_accumulation
+        window_images += len(everyone)
         if not accelerator.sync_gradients:
             continue
         lr_scheduler.step()
         state.step += 1
-        state.losses.append(window_loss)
         now = time.time()
-        event = StepEvent(
-            step=state.step,
-            total_steps=total_steps,
-            epoch=epoch,
-            loss=window_loss,
-            lr=lr_scheduler.get_last_lr()[0],
-            images_per_second=window_images / max(now - tick, 1e-9),
+        waiting.append(
+            Pending(state.step, epoch, window_loss, lr_scheduler.get_last_lr()[0], window_images, now - tick)
         )
         window_loss, window_images, tick = 0.0, 0, now
-        progress.update(1)
-        progress.set_postfix(
-            loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", img_s=f"{event.images_per_second:.1f}"
-        )
-
-        if accelerator.is_main_process:
-            _append_metrics(run_dir, event)
-            if (
-                config.checkpoint_every
-                and state.step % config.checkpoint_every == 0
-                and state.step < total_steps
-            ):
-                event.checkpoint = save_checkpoint(
-                    run_dir, state, trainable, optimizer, lr_scheduler, generator, config.to_dict(),
-                    config.keep_checkpoints,
-                )  # fmt: skip
-                # A usable kohya file per checkpoint: try it elsewhere, or grid checkpoint x weight.
-                export(
-                    event.checkpoint / checkpoint_adapter_name(config.output, state.step), "kohya", state.step
-                )
-            if config.sample_every and state.step % config.sample_every == 0:
-                event.samples = _samples(
-                    base.pipeline, models, sample_prompts, run_dir, state.step, resolution, config
-                )
-        if on_step:
-            on_step(event)
+        # Read the previous step's loss while this step's kernels run; all of them when
+        # something must see a finished step.
+        keep = 0 if needs_everything(state.step) else 1
+        while len(waiting) > keep:
+            finish_step(waiting.pop(0))
     progress.close()
 
     # 6. Save: a final checkpoint (so the run can be extended) and the exported adapter.
@@ -350,6 +439,18 @@ def _samples(pipeline, models, prompts, run_dir: Path, step: int, resolution: in
     finally:
         for model in models.values():
             model.train()
+
+
+@contextmanager
+def _on_device(modules: list[torch.nn.Module], device: torch.device) -> Iterator[None]:
+    """Bring parked (CPU) modules to ``device`` for a moment."""
+    for module in modules:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to("cpu")
 
 
 def _append_metrics(run_dir: Path, event: StepEvent) -> None:

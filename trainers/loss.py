@@ -8,20 +8,20 @@ from diffusers.training_utils import compute_snr
 
 
 def sample_noise(
-    latents: torch.Tensor, generator: torch.Generator, noise_offset: float = 0.0
+    shape: tuple[int, ...] | torch.Size, generator: torch.Generator, noise_offset: float = 0.0
 ) -> torch.Tensor:
-    """Gaussian noise drawn from ``generator`` (kept on the CPU so its state can be saved and resumed)."""
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    """fp32 Gaussian noise on the CPU, drawn from ``generator`` (a CPU generator's state can be
+    saved and resumed, and every data-parallel process can draw the same global batch's noise)."""
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     if noise_offset:
         # Offset noise lets the model learn overall brightness (very dark / light styles).
-        noise += noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
-    return noise.to(latents.device, latents.dtype)
+        noise += noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator)
+    return noise
 
 
-def sample_timesteps(
-    batch: int, num_train_timesteps: int, generator: torch.Generator, device
-) -> torch.Tensor:
-    return torch.randint(0, num_train_timesteps, (batch,), generator=generator).to(device)
+def sample_timesteps(batch: int, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform training timesteps on the CPU (see ``sample_noise``)."""
+    return torch.randint(0, num_train_timesteps, (batch,), generator=generator)
 
 
 def diffusion_target(

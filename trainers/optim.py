@@ -9,9 +9,15 @@ from studio.errors import StudioError
 
 
 def build_optimizer(
-    param_groups: list[dict], kind: str, lr: float, weight_decay: float, device: torch.device
+    param_groups: list[dict],
+    kind: str,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    fused: bool = True,
 ) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA), or bitsandbytes' 8-bit AdamW to save optimizer memory."""
+    """AdamW (``fused``: one kernel for all tensors, on CUDA or CPU), or bitsandbytes' 8-bit AdamW
+    to save optimizer memory."""
     if kind == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -21,8 +27,8 @@ def build_optimizer(
                 hint="pip install bitsandbytes, or use --optimizer adamw",
             ) from None
         return bnb.optim.AdamW8bit(param_groups, lr=lr, weight_decay=weight_decay)
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, fused=fused)
+    fused = fused and device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def build_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from studio.config import TrainConfig
@@ -89,6 +92,11 @@ _OPTIONS: list[tuple[str, str, dict]] = [
 _SWITCHES = [
     ("--no-te", "train_text_encoder", False, "freeze the text encoder(s) and cache their outputs"),
     ("--gradient-checkpointing", "gradient_checkpointing", True, "trade compute for memory"),
+    ("--low-memory", "low_memory", True, "checkpointing, cached text, 8-bit Adam, VAE/TE off the GPU"),
+    ("--compile", "compile", True, "torch.compile the UNet (GPU; the first steps wait for the compiler)"),
+    ("--channels-last", "channels_last", True, "NHWC activations (faster convolutions on GPUs)"),
+    ("--no-fused-optimizer", "fused_optimizer", False, "plain AdamW instead of the fused kernel"),
+    ("--no-overlap", "overlap_steps", False, "read every loss before starting the next step"),
     ("--random-crop", "random_crop", True, "random instead of center crops (disables latent caching)"),
     ("--shuffle-tags", "shuffle_tags", True, "shuffle comma-separated caption tags (after --keep-tokens)"),
 ]
@@ -111,6 +119,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON training config; flags override it")
     parser.add_argument("--save-config", metavar="FILE", help="write the resolved config and exit")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="data-parallel processes, one per GPU (through torchrun + accelerate); --batch-size is per GPU",
+    )
     parser.set_defaults(run=run)
 
 
@@ -135,9 +149,16 @@ def run(args: argparse.Namespace) -> int:
         raise StudioError(
             "output file exists", path=config.output, hint="pass --overwrite or another --output"
         )
+    gpus = getattr(args, "gpus", None) or 1
+    if getattr(args, "gpus", 1) < 1:
+        raise StudioError("--gpus must be at least 1")
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch(config, gpus)
     from trainers.lora_recipe import train
 
     result = train(config)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # the other data-parallel processes: rank 0 reports
     print(
         f"trained {result.steps} steps in {result.seconds:.1f}s ({result.images_per_second:.2f} img/s); "
         f"final loss {result.losses[-1]:.4f}"
@@ -147,3 +168,25 @@ def run(args: argparse.Namespace) -> int:
     for path in result.outputs:
         print(f"wrote {path}")
     return 0
+
+
+def _launch(config: TrainConfig, processes: int) -> int:
+    """Run this training in ``processes`` data-parallel processes (``torchrun``); accelerate, in
+    each, wraps the models in DDP. The resolved config travels as a file in the run directory."""
+    import torch
+
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise StudioError(
+            f"--gpus {processes} but this machine has {torch.cuda.device_count()} GPU(s)",
+            hint=f"use --gpus {torch.cuda.device_count()} or fewer",
+        )
+    run_dir = config.effective_run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    launch_config = run_dir / "launch.toml"
+    config.save(launch_config)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+        "-m", "studio", "train", "--config", str(launch_config), "--overwrite",
+    ]  # fmt: skip
+    print(f"launching {processes} processes: {' '.join(command[1:])}", flush=True)
+    return subprocess.call(command)

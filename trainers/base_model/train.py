@@ -190,8 +190,8 @@ def main(s: Settings) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             with torch.no_grad():
                 latents = vae.encode(images).latent_dist.mode().float() * vae.config.scaling_factor
-            noise = sample_noise(latents, generator, s.noise_offset)
-            timesteps = sample_timesteps(len(latents), 1000, generator, device)
+            noise = sample_noise(latents.shape, generator, s.noise_offset).to(device, latents.dtype)
+            timesteps = sample_timesteps(len(latents), 1000, generator).to(device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             hidden = text_encoder(ids)[0]
             prediction = unet(noisy, timesteps, hidden).sample

@@ -1,0 +1,124 @@
+"""Every speed or memory switch of the trainer keeps the plain path's losses and adapter.
+
+Runs on the embedded model at 64 px, so the whole recipe (caching, DDP, compile, export) is
+the real one; only the sizes are small.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from studio.config import TrainConfig
+from studio.samples import make_demo_dataset
+from trainers.lora_recipe import StepEvent, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), count=8)
+
+
+def _config(dataset: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(
+        data=str(dataset),
+        output=str(out / "style.safetensors"),
+        resolution=64,
+        batch_size=4,
+        rank=4,
+        lr=1e-3,
+        steps=6,
+        seed=3,
+        fused_optimizer=False,
+        overlap_steps=False,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+def _run(dataset: Path, out: Path, **overrides) -> tuple[list[float], dict[str, torch.Tensor]]:
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(_config(dataset, out, **overrides))
+    return result.losses, load_file(str(result.outputs[0]))
+
+
+def _assert_same_adapter(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=tol, atol=tol, msg=key)
+
+
+@pytest.fixture(scope="module")
+def plain(dataset, tmp_path_factory):
+    return _run(dataset, tmp_path_factory.mktemp("plain"))
+
+
+@pytest.mark.parametrize(
+    ("switch", "tol"),
+    [({"fused_optimizer": True}, 1e-5), ({"channels_last": True}, 1e-4), ({"overlap_steps": True}, 0.0)],
+    ids=["fused-adamw", "channels-last", "overlap-steps"],
+)
+def test_switch_keeps_the_losses_and_the_adapter(plain, dataset, tmp_path, switch, tol):
+    losses, adapter = _run(dataset, tmp_path, **switch)
+    assert len(losses) == len(plain[0]) == 6
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain[0]), rtol=tol, atol=tol)
+    _assert_same_adapter(adapter, plain[1], max(tol, 1e-6) * 10)
+
+
+def test_overlapped_steps_still_report_every_step_in_order_with_its_checkpoint(dataset, tmp_path):
+    events: list[StepEvent] = []
+    config = _config(dataset, tmp_path, overlap_steps=True, checkpoint_every=2, steps=5)
+    train(config, on_step=events.append)
+    assert [e.step for e in events] == [1, 2, 3, 4, 5]
+    assert [e.checkpoint is not None for e in events] == [False, True, False, True, False]
+    # A checkpoint holds the losses of every step up to it, none after.
+    state = json.loads((events[3].checkpoint / "state.json").read_text())
+    assert len(state["losses"]) == 4
+
+
+def test_low_memory_mode_is_gradient_checkpointing_with_cached_text(plain, dataset, tmp_path):
+    """Checkpointing recomputes the same activations, so the loss equals a frozen-TE plain run."""
+    frozen, frozen_adapter = _run(dataset, tmp_path / "frozen", train_text_encoder=False)
+    low, low_adapter = _run(dataset, tmp_path / "low", low_memory=True)
+    torch.testing.assert_close(torch.tensor(low), torch.tensor(frozen), rtol=1e-5, atol=1e-6)
+    _assert_same_adapter(low_adapter, frozen_adapter, 1e-5)
+    assert not any(key.startswith("lora_te") for key in low_adapter)
+    saved = (tmp_path / "low" / "style-run" / "config.toml").read_text()
+    assert "gradient_checkpointing = true" in saved and "train_text_encoder = false" in saved
+
+
+@pytest.mark.slow
+def test_compiled_training_keeps_the_losses(plain, dataset, tmp_path):
+    """torch.compile (inductor; about 80 s of compiling on 2 CPU cores) against eager."""
+    losses, adapter = _run(dataset, tmp_path, compile=True)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain[0]), rtol=5e-3, atol=1e-4)
+    _assert_same_adapter(adapter, plain[1], 5e-3)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_at_the_same_global_batch(plain, dataset, tmp_path):
+    """``studio train --gpus 2`` at batch 2 per process = one process at batch 4 (here over gloo)."""
+    out = tmp_path / "two.safetensors"
+    command = [
+        sys.executable, "-m", "studio", "train", str(dataset), "--output", str(out), "--gpus", "2",
+        "--resolution", "64", "--batch-size", "2", "--rank", "4", "--lr", "1e-3", "--steps", "6",
+        "--seed", "3", "--no-fused-optimizer", "--no-overlap",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "launching 2 processes" in done.stdout
+    assert done.stdout.count("trained 6 steps") == 1  # rank 0 reports, once
+    metrics = [json.loads(line) for line in (tmp_path / "two-run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    losses = torch.tensor([m["loss"] for m in metrics])
+    torch.testing.assert_close(losses, torch.tensor(plain[0]), rtol=1e-4, atol=1e-6)
+    _assert_same_adapter(load_file(str(out)), plain[1], 1e-4)
