@@ -12,6 +12,7 @@ from studio.app.mixing import MixService
 from studio.app.uploads import UploadLimits
 from studio.app.workspace import Workspace
 from studio.errors import StudioError
+from studio.generate import PLAIN, FastPath
 
 
 @dataclass
@@ -23,11 +24,12 @@ class AppContext:
     limits: UploadLimits
 
     @classmethod
-    def open(cls, workspace: str, limits: UploadLimits | None = None) -> AppContext:
+    def open(cls, workspace: str, limits: UploadLimits | None = None, fast: FastPath = PLAIN) -> AppContext:
+        """``fast``: the Mix tab's generation path (plain eager by default)."""
         ws = Workspace.open(workspace)
         _lock(ws)
         db = Database(ws.db_path)
-        return cls(ws, db, JobManager(ws, db), MixService(ws, db), limits or UploadLimits())
+        return cls(ws, db, JobManager(ws, db), MixService(ws, db, fast=fast), limits or UploadLimits())
 
     def close(self) -> None:
         self.jobs.close()

@@ -21,7 +21,7 @@ from studio.app.models import base_label
 from studio.app.workspace import Workspace, safe_name
 from studio.atomic import atomic_path
 from studio.errors import StudioError
-from studio.generate import GenerationSession
+from studio.generate import PLAIN, FastPath, GenerationSession
 from studio.grid import adapter_prompt_grid, weight_seed_grid
 from studio.mixer import AdapterWeights, BakeReport, BlendItem, bake_blend
 from studio.recipes import GenerationSettings, Recipe, read_recipe, recipe_for, save_recipe
@@ -43,8 +43,8 @@ class Slot:
 
 
 class MixService:
-    def __init__(self, ws: Workspace, db: Database, max_sessions: int = 1):
-        self.ws, self.db, self.max_sessions = ws, db, max_sessions
+    def __init__(self, ws: Workspace, db: Database, max_sessions: int = 1, fast: FastPath = PLAIN):
+        self.ws, self.db, self.max_sessions, self.fast = ws, db, max_sessions, fast
         self._sessions: OrderedDict[str, GenerationSession] = OrderedDict()
         self._adapters: dict[tuple[str, str, float], Adapter] = {}
         self.lock = threading.RLock()
@@ -61,7 +61,9 @@ class MixService:
                 old.close()
                 self._adapters = {k: v for k, v in self._adapters.items() if k[0] != old_base}
             model = load_base(base)
-            session = GenerationSession(model.pipeline, base=base_label(self.ws, base), family=model.family)
+            session = GenerationSession(
+                model.pipeline, base=base_label(self.ws, base), family=model.family, fast=self.fast
+            )
             self._sessions[base] = session
             return session
 

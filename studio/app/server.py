@@ -27,6 +27,7 @@ class AppConfig:
     max_upload_mb: int = 1024
     max_files: int = 2000
     queue_size: int = 64
+    compile: str | None = None  # torch.compile mode of the Mix tab's UNet (studio.generate.FastPath.parse)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,12 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most files in one upload (default 2000)")  # fmt: skip
     parser.add_argument("--queue-size", type=int, default=defaults.queue_size, metavar="N",
                         help="requests that may wait for a generation; more get 'queue full' (default 64)")  # fmt: skip
+    parser.add_argument("--compile", nargs="?", const="reduce-overhead", metavar="MODE",
+                        help="compile the Mix tab's UNet (a GPU's fast path; each new size compiles once; "
+                        "MODE as in 'studio generate --help', default reduce-overhead)")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> AppConfig:
     return AppConfig(
         workspace=args.workspace, host=args.host, port=args.port, share=args.share, auth=args.auth,
         max_upload_mb=args.max_upload_mb, max_files=args.max_files, queue_size=args.queue_size,
+        compile=args.compile,
     )  # fmt: skip
 
 
@@ -124,9 +129,11 @@ def launch(config: AppConfig, *, block: bool = True):
 
     from studio.app.context import AppContext
     from studio.app.uploads import UploadLimits
+    from studio.generate import PLAIN, FastPath
 
     limits = UploadLimits(max_bytes=config.max_upload_mb << 20, max_files=config.max_files)
-    ctx = AppContext.open(str(ws.root), limits)
+    fast = FastPath.parse(config.compile) if config.compile else PLAIN
+    ctx = AppContext.open(str(ws.root), limits, fast)
     print(f"studio: workspace {ws.root}", flush=True)
     warning = exposure_warning(config)
     if warning:

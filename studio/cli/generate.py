@@ -20,7 +20,7 @@ from pathlib import Path
 from studio.adapters import Adapter, AdapterWarning, load_adapter
 from studio.errors import StudioError
 from studio.formats.safetensors_io import read_header
-from studio.generate import SCHEDULERS, GenerationSession
+from studio.generate import INDUCTOR_MODES, PLAIN, SCHEDULERS, FastPath, GenerationSession
 from studio.mixer import AdapterWeights, BlendItem
 from studio.recipes import GenerationSettings, load_blend, read_recipe
 
@@ -101,6 +101,21 @@ def add_blend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strict", action="store_true", help="fail when an adapter has modules the base lacks"
     )
+
+
+def add_compile_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="reduce-overhead",
+        metavar="MODE",
+        help="compile the UNet, channels-last (a GPU's fast path; the first image waits for the compiler); "
+        f"MODE: {', '.join(INDUCTOR_MODES)} or a torch.compile backend (default reduce-overhead: CUDA graphs)",
+    )
+
+
+def fast_path(args: argparse.Namespace) -> FastPath:
+    return FastPath.parse(args.compile) if args.compile else PLAIN
 
 
 @contextmanager
@@ -192,6 +207,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, help="height in pixels")
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default euler-a)")
     parser.add_argument("--batch", type=int, help="images to make (default 1)")
+    add_compile_option(parser)
     parser.add_argument(
         "--out", required=True, metavar="PNG", help="output file; a batch writes NAME-0.png, NAME-1.png ..."
     )
@@ -225,6 +241,7 @@ def output_paths(out: str, count: int) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    fast = fast_path(args)
     with reported_warnings():
         recipe = read_recipe(args.recipe) if args.recipe else None
         check_files(args.lora)
@@ -234,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         items = blend_from_args(args, args.lora, base, items)
         settings = settings_from_args(args, recipe.settings if recipe else None)
         paths = output_paths(args.out, settings.batch)
-        session = GenerationSession(base.pipeline, base_label(base_spec), base.family)
+        session = GenerationSession(base.pipeline, base_label(base_spec), base.family, fast=fast)
         session.set_blend(items)
         for item in items:
             print(f"{item.adapter.name}: {item.adapter.report.summary()}")

@@ -20,9 +20,11 @@ from studio.adapters import load_adapter
 from studio.atomic import atomic_path
 from studio.cli.generate import (
     add_blend_options,
+    add_compile_option,
     base_label,
     blend_from_args,
     check_files,
+    fast_path,
     load_base_model,
     reported_warnings,
 )
@@ -81,6 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), default="euler-a")
+    add_compile_option(parser)
     parser.add_argument("--out", required=True, metavar="PNG", help="the grid image to write")
     parser.set_defaults(run=run)
 
@@ -97,11 +100,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise StudioError("the output must be a .png file", path=out)
+    fast = fast_path(args)
     with reported_warnings():
         files = [str(path) for _, path in run_adapters(args.run_dir)] if args.run_dir else args.lora
         check_files(files)
         base = load_base_model(args.base)
-        session = GenerationSession(base.pipeline, base_label(args.base), base.family)
+        session = GenerationSession(base.pipeline, base_label(args.base), base.family, fast=fast)
         if not args.run_dir:
             session.set_blend(blend_from_args(args, args.lora, base))
         settings = GenerationSettings(
