@@ -103,6 +103,15 @@ def test_compiled_training_keeps_the_losses(plain, dataset, tmp_path):
     _assert_same_adapter(adapter, plain[1], 5e-3)
 
 
+@pytest.mark.gpu
+def test_cuda_graph_training_keeps_the_losses(dataset, tmp_path):
+    """Compiled + CUDA graphs against eager, both on the GPU in bf16."""
+    eager, eager_adapter = _run(dataset, tmp_path / "eager", mixed_precision="bf16")
+    graphs, graphs_adapter = _run(dataset, tmp_path / "graphs", mixed_precision="bf16", cuda_graphs=True)
+    torch.testing.assert_close(torch.tensor(graphs), torch.tensor(eager), rtol=3e-2, atol=1e-3)
+    _assert_same_adapter(graphs_adapter, eager_adapter, 3e-2)
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_at_the_same_global_batch(plain, dataset, tmp_path):
     """``studio train --gpus 2`` at batch 2 per process = one process at batch 4 (here over gloo)."""

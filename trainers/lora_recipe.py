@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import TorchDynamoPlugin
 from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
@@ -127,7 +126,6 @@ def train(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation,
         cpu=not torch.cuda.is_available(),  # several CPU processes (tests) talk over gloo
-        dynamo_plugin=TorchDynamoPlugin(backend="inductor" if config.compile else "no"),
     )
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
@@ -199,6 +197,13 @@ def train(
     prepared = accelerator.prepare(*trainable.values(), optimizer)
     models = dict(zip(trainable, prepared[:-1]))
     optimizer = prepared[-1]
+    graphs = config.cuda_graphs and device.type == "cuda" and accelerator.num_processes == 1
+    if config.compile or config.cuda_graphs:
+        # Here rather than through accelerate's dynamo plugin: that setting lives in a per-process
+        # singleton, so a second run in one process (the app's worker) would silently skip it.
+        # The whole UNet, not its repeated blocks: block-wise compiling recompiled per shape and
+        # ran slower here (see BENCHMARKS.md).
+        models["unet"] = torch.compile(models["unet"], mode="reduce-overhead" if graphs else None)
 
     generator = torch.Generator().manual_seed(config.seed)
     run_dir = config.effective_run_dir
@@ -359,6 +364,8 @@ def train(
         noise = noise.to(device, latents.dtype, non_blocking=True).contiguous(memory_format=memory_format)
         timesteps = timesteps.to(device, non_blocking=True)
 
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
         with accelerator.accumulate(*models.values()):
             hidden, pooled = text_for(captions)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)

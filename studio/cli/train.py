@@ -94,6 +94,12 @@ _SWITCHES = [
     ("--gradient-checkpointing", "gradient_checkpointing", True, "trade compute for memory"),
     ("--low-memory", "low_memory", True, "checkpointing, cached text, 8-bit Adam, VAE/TE off the GPU"),
     ("--compile", "compile", True, "torch.compile the UNet (GPU; the first steps wait for the compiler)"),
+    (
+        "--cuda-graphs",
+        "cuda_graphs",
+        True,
+        "compile and replay steps as CUDA graphs (fastest at small batches)",
+    ),
     ("--channels-last", "channels_last", True, "NHWC activations (faster convolutions on GPUs)"),
     ("--no-fused-optimizer", "fused_optimizer", False, "plain AdamW instead of the fused kernel"),
     ("--no-overlap", "overlap_steps", False, "read every loss before starting the next step"),
