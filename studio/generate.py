@@ -174,6 +174,18 @@ def _compile_unet(unet: nn.Module, fast: FastPath) -> Any:
     return compiled
 
 
+def _graph_thread() -> None:
+    """Give our runner thread the thread-local state of CUDA graph trees.
+
+    torch sets it up only in the thread that first imported them (and in autograd's threads);
+    any other thread fails an assertion at its first replay (seen on an H100, torch 2.11).
+    """
+    from torch._inductor import cudagraph_trees
+
+    if not hasattr(cudagraph_trees.local, "tree_manager_containers"):
+        cudagraph_trees._initialize_tls(cudagraph_trees.local)
+
+
 class GenerationSession:
     """A base pipeline with a blend patched into its weights; every image records both."""
 
@@ -198,7 +210,7 @@ class GenerationSession:
             pipeline.unet.to(memory_format=torch.channels_last)
         # CUDA graph trees are kept per thread: a thread of its own keeps one set of graphs
         # whichever thread (a web server's pool) asks for the image.
-        self._runner = ThreadPoolExecutor(1, "studio-generate") if fast.compile else None
+        self._runner = ThreadPoolExecutor(1, "studio-generate", _graph_thread) if fast.compile else None
 
     def add_adapter(
         self,
