@@ -247,10 +247,8 @@ def main() -> None:
     parser.add_argument("--e2e-switches", default="compile", help="'+'-separated switches for the e2e run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if args.model.startswith("tiny-"):
-        raise SystemExit("tiny models: use --model default (the embedded model) on a CPU")
     natives = {"sd15": 512, "sd21": 768, "sdxl": 1024, "default": 128}
-    args.resolution = args.resolution or natives[args.model]
+    args.resolution = args.resolution or natives.get(args.model, 64)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), 790.0)
     print(f"device {name}; torch {torch.__version__}; model {args.model} at {args.resolution}px", flush=True)
