@@ -15,7 +15,7 @@ from studio.app.context import AppContext
 from studio.app.mixing import Slot
 from studio.app.models import resolve_base
 from studio.app.progress import job_view
-from studio.app.ui.common import GENERATE, LIGHT, guard
+from studio.app.ui.common import GENERATE, guard
 from studio.app.ui.mix_tab import settings_from
 from studio.app.ui.train_tab import DEFAULT_PRESET, submit_job
 from studio.errors import StudioError
@@ -78,8 +78,9 @@ def build(ctx: AppContext) -> None:
             rows.append(values)
         return rows
 
+    # Quick reads and writes skip the queue: a queue full of generations must not refuse them.
     for fn in (train, job_status, list_jobs, stop_job, resume_job, list_adapters):
-        gr.api(guard(fn), api_name=fn.__name__, **LIGHT)
+        gr.api(guard(fn), api_name=fn.__name__, queue=False)
 
     @guard
     def generate(prompt, adapters_json, negative, seed, steps, guidance, width, height, scheduler, base):
