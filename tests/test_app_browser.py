@@ -127,7 +127,7 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     expect(field(page, "adv-steps")).to_have_value("1500")
     expect(field(page, "adv-resolution")).to_have_value("512")
     choose(page, "train-preset", "Quick demo (embedded model)")
-    expect(field(page, "adv-steps")).to_have_value("150")
+    expect(field(page, "adv-steps")).to_have_value("1000")
     for elem_id, value in [
         ("adv-steps", 3), ("adv-resolution", 64), ("adv-batch-size", 2), ("adv-sample-every", 3),
         ("adv-sample-steps", 2), ("adv-checkpoint-every", 0), ("adv-sample-prompts", "inkstyle"),
