@@ -10,6 +10,8 @@ can be made again alone from its recorded seed.
 from __future__ import annotations
 
 import math
+import threading
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -179,11 +181,16 @@ def _graph_thread() -> None:
 
     torch sets it up only in the thread that first imported them (and in autograd's threads);
     any other thread fails an assertion at its first replay (seen on an H100, torch 2.11).
+    The same four lines as torch's module set-up, which older versions do not expose.
     """
     from torch._inductor import cudagraph_trees
 
-    if not hasattr(cudagraph_trees.local, "tree_manager_containers"):
-        cudagraph_trees._initialize_tls(cudagraph_trees.local)
+    local = cudagraph_trees.local
+    if not hasattr(local, "tree_manager_containers"):
+        local.tree_manager_containers = {}
+        local.tree_manager_locks = defaultdict(threading.Lock)
+        torch._C._stash_obj_in_tls("tree_manager_containers", local.tree_manager_containers)
+        torch._C._stash_obj_in_tls("tree_manager_locks", local.tree_manager_locks)
 
 
 class GenerationSession:
