@@ -101,7 +101,12 @@ def test_compiled_training_keeps_the_losses(plain, dataset, tmp_path):
     losses, adapter = _run(dataset, tmp_path, compile=True)
     # Fused kernels round differently; over 6 steps at lr 1e-3 that drifts the loss by ~1.5%.
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain[0]), rtol=3e-2, atol=5e-3)
-    _assert_same_adapter(adapter, plain[1], 5e-3)
+    # Adam turns tiny gradient differences into lr-sized steps, element by element, so the
+    # adapter is compared as a whole: within 5% of the eager one in Frobenius norm.
+    assert adapter.keys() == plain[1].keys()
+    diff = sum((adapter[k] - plain[1][k]).float().norm() ** 2 for k in adapter) ** 0.5
+    size = sum(plain[1][k].float().norm() ** 2 for k in adapter) ** 0.5
+    assert diff / size < 0.05
 
 
 @pytest.mark.gpu
