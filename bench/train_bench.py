@@ -48,6 +48,7 @@ from PIL import Image
 from studio.config import TrainConfig
 from studio.models.family import ModelFamily, detect_family
 from studio.models.loader import BaseModel, load_base
+from trainers import data_parallel
 from trainers.encoding import encode_text, sdxl_time_ids
 from trainers.lora_recipe import StepEvent, train
 
@@ -70,7 +71,7 @@ class Row:
 
 def parse_rows(text: str) -> list[Row]:
     rows = []
-    for item in text.split(","):
+    for item in filter(None, text.split(",")):
         spec, batch = item.rsplit(":", 1)
         kind, *switches = spec.split("+")
         if kind not in ("ref", "ours"):
@@ -245,8 +246,15 @@ def main() -> None:
         "--e2e", type=int, metavar="STEPS", help="also time a whole run: caching, STEPS, export"
     )
     parser.add_argument("--e2e-switches", default="compile", help="'+'-separated switches for the e2e run")
+    parser.add_argument(
+        "--force-allreduce",
+        action="store_true",
+        help="under a one-process torchrun, all-reduce the gradients anyway (timing only: they are halved)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.force_allreduce:  # the cost of a multi-GPU step's all-reduce, short of the wire
+        data_parallel.world_size = lambda: 2
     natives = {"sd15": 512, "sd21": 768, "sdxl": 1024, "default": 128}
     args.resolution = args.resolution or natives.get(args.model, 64)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

@@ -31,6 +31,7 @@ from torch import nn
 
 from studio.adapters import Adapter, load_adapter
 from studio.atomic import atomic_path
+from studio.compile_cache import use_persistent_compile_cache
 from studio.errors import StudioError
 from studio.mixer import AdapterWeights, BlendEngine, BlendItem, PatchStats
 from studio.models.family import ModelFamily, detect_family
@@ -170,6 +171,7 @@ def _compile_unet(unet: nn.Module, fast: FastPath) -> Any:
             "inductor's freezing (TORCHINDUCTOR_FREEZING) makes the weights constants of the compiled "
             "UNet, so slider changes would not show; unset it to compile"
         )
+    use_persistent_compile_cache()
     mode = fast.compile if fast.backend == "inductor" else None
     compiled = torch.compile(unet.forward, backend=fast.backend, mode=mode, dynamic=False)
     unet.forward = compiled

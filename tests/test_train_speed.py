@@ -12,11 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
+from studio.compile_cache import use_persistent_compile_cache
 from studio.config import TrainConfig
+from studio.models.default import cache_dir
 from studio.samples import make_demo_dataset
 from trainers.lora_recipe import StepEvent, train
 
@@ -107,6 +112,8 @@ def test_compiled_training_keeps_the_losses(plain, dataset, tmp_path):
     diff = sum((adapter[k] - plain[1][k]).float().norm() ** 2 for k in adapter) ** 0.5
     size = sum(plain[1][k].float().norm() ** 2 for k in adapter) ** 0.5
     assert diff / size < 0.05
+    # The kernels went to the studio's cache (kept across reboots), not the temporary folder.
+    assert any((cache_dir() / "torch-compile").rglob("*.py"))
 
 
 @pytest.mark.gpu
@@ -118,14 +125,32 @@ def test_cuda_graph_training_keeps_the_losses(dataset, tmp_path):
     _assert_same_adapter(graphs_adapter, eager_adapter, 3e-2)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("switches", [{}, {"cuda_graphs": True, "low_memory": True}], ids=["eager", "graphs"])
+def test_bf16_previews_render_on_the_gpu(dataset, tmp_path, switches):
+    """Previews run the pipeline (bf16 UNet, fp32 VAE) mid-training, also between graph replays."""
+    events: list[StepEvent] = []
+    config = _config(dataset, tmp_path, mixed_precision="bf16", sample_every=3, **switches)
+    train(config, on_step=events.append)
+    previews = [path for event in events for path in event.samples]
+    assert [len(e.samples) > 0 for e in events] == [False, False, True] * 2
+    for path in previews:
+        pixels = np.asarray(Image.open(path), dtype=np.float32)
+        assert pixels.shape[:2] == (64, 64) and pixels.std() > 1.0, path  # an image, not a blank
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_at_the_same_global_batch(plain, dataset, tmp_path):
-    """``studio train --gpus 2`` at batch 2 per process = one process at batch 4 (here over gloo)."""
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_two_processes_match_one_at_the_same_global_batch(plain, dataset, tmp_path, accumulation):
+    """``studio train --gpus 2`` at batch 2 per process = one process at batch 4 (here over gloo),
+    also when gradients accumulate over micro-batches before the processes average them."""
+    if accumulation > 1:
+        plain = _run(dataset, tmp_path / "one", gradient_accumulation=accumulation)
     out = tmp_path / "two.safetensors"
     command = [
         sys.executable, "-m", "studio", "train", str(dataset), "--output", str(out), "--gpus", "2",
         "--resolution", "64", "--batch-size", "2", "--rank", "4", "--lr", "1e-3", "--steps", "6",
-        "--seed", "3", "--no-fused-optimizer", "--no-overlap",
+        "--seed", "3", "--no-fused-optimizer", "--no-overlap", "--gradient-accumulation", str(accumulation),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -137,3 +162,15 @@ def test_two_processes_match_one_at_the_same_global_batch(plain, dataset, tmp_pa
     losses = torch.tensor([m["loss"] for m in metrics])
     torch.testing.assert_close(losses, torch.tensor(plain[0]), rtol=1e-4, atol=1e-6)
     _assert_same_adapter(load_file(str(out)), plain[1], 1e-4)
+
+
+def test_compile_cache_is_kept_in_the_studio_cache_unless_the_user_chose_one(monkeypatch, tmp_path):
+    ours = cache_dir() / "torch-compile"
+    for inductors_default in (None, default_cache_dir()):
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductors_default or "")
+        if inductors_default is None:
+            monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+        assert use_persistent_compile_cache() == ours
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(ours)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert use_persistent_compile_cache() == tmp_path

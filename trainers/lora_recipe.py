@@ -2,8 +2,8 @@
 
 Read top to bottom, this is the whole run. Each step is a small component from
 ``studio`` (data, models, lora, formats) or ``trainers`` (encoding, loss, optim,
-checkpoint, sampling); accelerate handles devices, mixed precision, gradient
-accumulation and multi-GPU data parallelism.
+checkpoint, sampling, data_parallel); accelerate handles devices, mixed precision,
+gradient accumulation and the processes of multi-GPU runs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
 from studio.atomic import write_text
+from studio.compile_cache import use_persistent_compile_cache
 from studio.config import TrainConfig
 from studio.data import (
     DatasetConfig,
@@ -47,6 +48,7 @@ from trainers.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from trainers.data_parallel import average_gradients, broadcast_parameters
 from trainers.encoding import ContentCache, encode_latents, encode_text, sdxl_time_ids
 from trainers.export import export_adapter
 from trainers.loss import diffusion_loss, diffusion_target, sample_noise, sample_timesteps
@@ -194,15 +196,18 @@ def train(
         groups, config.optimizer, config.lr, config.weight_decay, device, config.fused_optimizer
     )
     lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, total_steps)
-    prepared = accelerator.prepare(*trainable.values(), optimizer)
-    models = dict(zip(trainable, prepared[:-1]))
-    optimizer = prepared[-1]
-    graphs = config.cuda_graphs and device.type == "cuda" and accelerator.num_processes == 1
+    # The models stay unwrapped (no DDP): gradients are averaged by hand, once per step.
+    optimizer = accelerator.prepare(optimizer)
+    models = dict(trainable)
+    params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
+    broadcast_parameters(params)
+    graphs = config.cuda_graphs and device.type == "cuda"
     if config.compile or config.cuda_graphs:
         # Here rather than through accelerate's dynamo plugin: that setting lives in a per-process
         # singleton, so a second run in one process (the app's worker) would silently skip it.
         # The whole UNet, not its repeated blocks: block-wise compiling recompiled per shape and
         # ran slower here (see BENCHMARKS.md).
+        use_persistent_compile_cache()
         models["unet"] = torch.compile(models["unet"], mode="reduce-overhead" if graphs else None)
 
     generator = torch.Generator().manual_seed(config.seed)
@@ -259,8 +264,7 @@ def train(
 
     def text_for(captions: list[str]):
         if config.train_text_encoder:
-            # Through the prepared (on several GPUs: DDP-wrapped) encoders, so their gradients sync.
-            return encode_text({**components, **models}, family, captions, device)
+            return encode_text(components, family, captions, device)
         encoded = [text_cache.get(c) for c in captions]
         hidden = torch.cat([e[0] for e in encoded])
         pooled = None if encoded[0][1] is None else torch.cat([e[1] for e in encoded])
@@ -320,7 +324,7 @@ def train(
                     event.checkpoint / checkpoint_adapter_name(config.output, event.step), "kohya", event.step
                 )
             if config.sample_every and event.step % config.sample_every == 0:
-                with _on_device([components[name] for name in parked], device):
+                with _on_device([components[name] for name in parked], device), accelerator.autocast():
                     event.samples = _samples(
                         base.pipeline, models, sample_prompts, run_dir, event.step, resolution, config
                     )
@@ -367,24 +371,24 @@ def train(
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
         with accelerator.accumulate(*models.values()):
-            hidden, pooled = text_for(captions)
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            added = None
-            if family is ModelFamily.SDXL:
-                h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
-                time_ids = sdxl_time_ids([e[1] for e in encoded], [e[2] for e in encoded], (h, w), device)
-                added = {"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids.to(weight_dtype)}
-            prediction = models["unet"](
-                noisy, timesteps, hidden.to(weight_dtype), added_cond_kwargs=added, return_dict=False
-            )[0]
+            with accelerator.autocast():  # the forward pass only, as torch.amp advises
+                hidden, pooled = text_for(captions)
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                added = None
+                if family is ModelFamily.SDXL:
+                    h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
+                    time_ids = sdxl_time_ids([e[1] for e in encoded], [e[2] for e in encoded], (h, w), device)
+                    added = {"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids.to(weight_dtype)}
+                prediction = models["unet"](
+                    noisy, timesteps, hidden.to(weight_dtype), added_cond_kwargs=added, return_dict=False
+                )[0]
             target = diffusion_target(noise_scheduler, latents, noise, timesteps)
             loss = diffusion_loss(prediction, target, timesteps, noise_scheduler, config.min_snr_gamma)
             accelerator.backward(loss)
-            if accelerator.sync_gradients and config.max_grad_norm:
-                accelerator.clip_grad_norm_(
-                    [p for m in models.values() for p in m.parameters() if p.requires_grad],
-                    config.max_grad_norm,
-                )
+            if accelerator.sync_gradients:
+                average_gradients(params)
+                if config.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
