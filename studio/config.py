@@ -69,7 +69,7 @@ class TrainConfig:
 
     # Speed and memory. Each switch keeps the loss of the plain path (tests/test_train_speed.py).
     compile: bool = False  # torch.compile the UNet; the first step waits for the compiler
-    cuda_graphs: bool = False  # compile and replay each step as CUDA graphs (one GPU): no launch overhead
+    cuda_graphs: bool = False  # compile and replay each step as CUDA graphs: no launch overhead
     channels_last: bool = False  # NHWC UNet activations: faster convolutions on tensor-core GPUs
     fused_optimizer: bool = True  # AdamW as one fused kernel per step instead of a loop over tensors
     overlap_steps: bool = True  # read each loss one step late, so the GPU never waits for the CPU

@@ -293,6 +293,12 @@ class GenerationSession:
         if self._compiled is not None and vars(unet).get("forward") is self._compiled:
             del unet.forward
         if self._runner:
+            if self.fast.compile == "reduce-overhead":
+                from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+                # Free this thread's CUDA graphs and their memory pool now, not whenever the
+                # garbage collector reaches the thread.
+                self._runner.submit(reset_cudagraph_trees).result()
             self._runner.shutdown()
         if self.fast.channels_last:
             unet.to(memory_format=torch.contiguous_format)

@@ -82,6 +82,8 @@ def test_compiled_images_match_eager_and_follow_the_sliders_without_recompiling(
     assert graphs() == compiled
     if device == "cuda":
         assert counters["inductor"]["cudagraph_skips"] == skips  # CUDA graphs were replayed
+    for s in (eager, fast):
+        s.close()
 
 
 def test_a_new_size_or_batch_recompiles_and_still_matches(files):

@@ -196,9 +196,10 @@ def train(
         groups, config.optimizer, config.lr, config.weight_decay, device, config.fused_optimizer
     )
     lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, total_steps)
-    # The models stay unwrapped (no DDP): gradients are averaged by hand, once per step.
+    # Mixed precision only, no DDP wrapper: on several GPUs the gradients are averaged by hand,
+    # once per step (trainers/data_parallel.py).
+    models = {k: accelerator.prepare_model(m, evaluation_mode=True) for k, m in trainable.items()}
     optimizer = accelerator.prepare(optimizer)
-    models = dict(trainable)
     params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
     broadcast_parameters(params)
     graphs = config.cuda_graphs and device.type == "cuda"
@@ -324,7 +325,7 @@ def train(
                     event.checkpoint / checkpoint_adapter_name(config.output, event.step), "kohya", event.step
                 )
             if config.sample_every and event.step % config.sample_every == 0:
-                with _on_device([components[name] for name in parked], device), accelerator.autocast():
+                with _on_device([components[name] for name in parked], device):
                     event.samples = _samples(
                         base.pipeline, models, sample_prompts, run_dir, event.step, resolution, config
                     )
@@ -371,17 +372,16 @@ def train(
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
         with accelerator.accumulate(*models.values()):
-            with accelerator.autocast():  # the forward pass only, as torch.amp advises
-                hidden, pooled = text_for(captions)
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                added = None
-                if family is ModelFamily.SDXL:
-                    h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
-                    time_ids = sdxl_time_ids([e[1] for e in encoded], [e[2] for e in encoded], (h, w), device)
-                    added = {"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids.to(weight_dtype)}
-                prediction = models["unet"](
-                    noisy, timesteps, hidden.to(weight_dtype), added_cond_kwargs=added, return_dict=False
-                )[0]
+            hidden, pooled = text_for(captions)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            added = None
+            if family is ModelFamily.SDXL:
+                h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
+                time_ids = sdxl_time_ids([e[1] for e in encoded], [e[2] for e in encoded], (h, w), device)
+                added = {"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids.to(weight_dtype)}
+            prediction = models["unet"](
+                noisy, timesteps, hidden.to(weight_dtype), added_cond_kwargs=added, return_dict=False
+            )[0]
             target = diffusion_target(noise_scheduler, latents, noise, timesteps)
             loss = diffusion_loss(prediction, target, timesteps, noise_scheduler, config.min_snr_gamma)
             accelerator.backward(loss)

@@ -129,7 +129,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--gpus",
         type=int,
         metavar="N",
-        help="data-parallel processes, one per GPU (through torchrun + accelerate); --batch-size is per GPU",
+        help="data-parallel processes, one per GPU (through torchrun); --batch-size is per GPU",
     )
     parser.set_defaults(run=run)
 
@@ -177,8 +177,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _launch(config: TrainConfig, processes: int) -> int:
-    """Run this training in ``processes`` data-parallel processes (``torchrun``); accelerate, in
-    each, wraps the models in DDP. The resolved config travels as a file in the run directory."""
+    """Run this training in ``processes`` data-parallel processes (``torchrun``), which average
+    their gradients every step. The resolved config travels as a file in the run directory."""
     import torch
 
     if torch.cuda.is_available() and processes > torch.cuda.device_count():
