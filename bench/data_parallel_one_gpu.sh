@@ -5,9 +5,9 @@
 # real second GPU is missing. Issue 6's stand-in while nvidia-h200-x2 is withheld. The second
 # run also finds the first one's compiled kernels in the cache: its first step is a warm compile.
 #
-#   bench/ddp_single_gpu.sh OUT_DIR ROWS          e.g. ours:4,ours:16
+#   bench/data_parallel_one_gpu.sh OUT_DIR ROWS          e.g. ours:4,ours:16
 set -u -o pipefail
-out=${1:?usage: bench/ddp_single_gpu.sh OUT_DIR ROWS}; rows=${2:?rows}
+out=${1:?usage: bench/data_parallel_one_gpu.sh OUT_DIR ROWS}; rows=${2:?rows}
 if ! python3 -c "import diffusers, peft" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
@@ -15,4 +15,4 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMER
 quiet() { grep -v -E "Warning|warn|should be kept in float32|it/s]|s/it]|^\s*$"; }
 python3 bench/train_bench.py --model sd15 --rows "$rows" --json "$out/plain.json" 2>&1 | tee "$out/plain.log" | quiet
 python3 -m torch.distributed.run --standalone --nproc-per-node=1 bench/train_bench.py --model sd15 \
-  --rows "$rows" --force-allreduce --json "$out/ddp1.json" 2>&1 | tee "$out/ddp1.log" | quiet
+  --rows "$rows" --force-allreduce --json "$out/group.json" 2>&1 | tee "$out/group.log" | quiet
