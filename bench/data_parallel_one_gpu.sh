@@ -13,6 +13,6 @@ if ! python3 -c "import diffusers, peft" 2>/dev/null; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1
 quiet() { grep -v -E "Warning|warn|should be kept in float32|it/s]|s/it]|^\s*$"; }
-python3 bench/train_bench.py --model sd15 --rows "$rows" --json "$out/plain.json" 2>&1 | tee "$out/plain.log" | quiet
+python3 bench/train_bench.py --model sd15 --rows "$rows" --steps 60 --json "$out/plain.json" 2>&1 | tee "$out/plain.log" | quiet
 python3 -m torch.distributed.run --standalone --nproc-per-node=1 bench/train_bench.py --model sd15 \
-  --rows "$rows" --force-allreduce --json "$out/group.json" 2>&1 | tee "$out/group.log" | quiet
+  --rows "$rows" --steps 60 --force-allreduce --json "$out/group.json" 2>&1 | tee "$out/group.log" | quiet
