@@ -1,8 +1,7 @@
 """Crash and restart: a killed worker or a stopped app leaves a resumable job, never a lost one.
 
-The job is long (100,000 steps: it never finishes here; 500 did finish once, on a fast CI run
-whose app took long to stop): every check waits for a step count, so the test
-does not depend on how fast the machine trains.
+The job is long (100,000 steps: it never finishes here): every check waits for a step count,
+so the test does not depend on how fast the machine trains.
 """
 
 from __future__ import annotations

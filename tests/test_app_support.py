@@ -50,6 +50,12 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _terminal_ctrl_c() -> None:
+    """Ctrl-C as in a terminal: a shell's background job (CI started with ``&``) ignores SIGINT, and
+    the app would inherit that and never see ``stop()``."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class AppProcess:
     """``python app.py --workspace W --port P`` in a subprocess; ``stop()`` is Ctrl-C."""
 
@@ -60,7 +66,7 @@ class AppProcess:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, str(REPO / "app.py"), "--workspace", str(workspace), "--port", str(self.port), *extra],
-                stdout=out, stderr=subprocess.STDOUT, cwd=workspace.parent,
+                stdout=out, stderr=subprocess.STDOUT, cwd=workspace.parent, preexec_fn=_terminal_ctrl_c,
             )  # fmt: skip
         try:
             wait_for(self._ready, 120, f"the app on port {self.port}")
