@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
 from studio.models.default import cache_dir
 
 
@@ -22,6 +20,8 @@ def use_persistent_compile_cache() -> Path:
     Importing diffusers already sets that variable to inductor's temporary default, so that
     value counts as unset.
     """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "torch-compile")
