@@ -30,9 +30,9 @@ from studio.generate import GenerationSession
 from studio.mixer import AdapterWeights, BlendItem
 from studio.models.loader import load_base
 from studio.recipes import GenerationSettings
-from studio.toyworld import held_out_scenes
-from studio.toyworld.analysis import read_single
-from studio.toyworld.shape_classifier import train_shape_classifier
+from trainers.toyworld import held_out_scenes
+from trainers.toyworld.analysis import read_single
+from trainers.toyworld.shape_classifier import train_shape_classifier
 
 
 def blend_figure(model: str, adapters: list[Path], path: Path, prompt: str, seed: int) -> None:

@@ -18,8 +18,8 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from studio.formats.kohya import base_layer, layer_shapes, save_kohya
-from studio.lora.inject import LoraTensors
 from studio.lora.targets import all_targets
+from studio.lora.tensors import LoraTensors
 from studio.models.configs import build_components, full_size_model
 from studio.models.family import ModelFamily
 from studio.models.tiny import build_tiny_pipeline

@@ -1,9 +1,9 @@
 """Which Quick-demo settings learn the sample styles? Train each variant, then run the style checks.
 
 Issue 5 §4. Each variant is a set of overrides of the "Quick demo (embedded model)" preset.
-For each, a LoRA is trained on each of two sample styles with ``trainers.lora_recipe.train``,
+For each, a LoRA is trained on each of two sample styles with ``studio.train.recipe.train``,
 then images for held-out prompts are scored exactly as tests/test_style_learning.py scores
-them (``studio.styles``: ``check_scenes``, ``check_weights``, ``score_images``,
+them (``trainers.styles``: ``check_scenes``, ``check_weights``, ``score_images``,
 ``style_checks``): the base, each style at weight 0.5 and 1.0, and a 50/50 blend. One row per
 variant is printed; ``style_sweep.json`` in ``--out`` holds every table and is rewritten after
 each variant, so a run cut short keeps what it finished.
@@ -42,7 +42,8 @@ from studio.mixer import AdapterWeights, BlendItem
 from studio.models.loader import load_base
 from studio.presets import get_preset
 from studio.recipes import GenerationSettings
-from studio.styles import (
+from studio.train.recipe import StepEvent, train
+from trainers.styles import (
     CHECK_GUIDANCE,
     CHECK_STEPS,
     STYLES,
@@ -53,8 +54,7 @@ from studio.styles import (
     score_images,
     style_checks,
 )
-from studio.toyworld import Scene
-from trainers.lora_recipe import StepEvent, train
+from trainers.toyworld import Scene
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 QUICK = "Quick demo (embedded model)"  # rank 8, alpha 8, cross-attn + TE, 150 steps, bs 4, lr 1e-3, TE 5e-4

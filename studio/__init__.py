@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 from studio.config import TrainConfig
 
 if TYPE_CHECKING:
-    from trainers.lora_recipe import StepEvent, TrainResult
+    from studio.train.recipe import StepEvent, TrainResult
 
 __all__ = ["TrainConfig", "train"]
 
 
 def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = None) -> TrainResult:
     """Train the adapter ``config`` describes and export it; ``on_step`` gets a ``StepEvent`` per step."""
-    from trainers.lora_recipe import train as run_recipe
+    from studio.train.recipe import train as run_recipe
 
     return run_recipe(config, on_step)

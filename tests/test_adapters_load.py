@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -35,11 +35,11 @@ def peft_pipeline():
         target_modules=["to_q", "to_k", "conv1"],
         init_lora_weights="gaussian",
     )
-    pipe.unet.add_adapter(unet_config)
+    inject_adapter_in_model(unet_config, pipe.unet)
     te_config = LoraConfig(
         r=2, lora_alpha=3, use_rslora=True, target_modules=["q_proj", "fc1"], init_lora_weights="gaussian"
     )
-    pipe.text_encoder.add_adapter(te_config)
+    inject_adapter_in_model(te_config, pipe.text_encoder)
     for module in pipe.unet.modules():  # peft's gaussian init leaves B = 0; give ΔW some content
         if isinstance(module, LoraLayer):
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.1)

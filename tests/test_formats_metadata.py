@@ -15,7 +15,7 @@ from studio.formats.kohya import save_kohya
 from studio.formats.kohya_names import kohya_module_index
 from studio.formats.metadata import TrainingInfo, kohya_metadata
 from studio.formats.safetensors_io import data_section_sha256
-from studio.lora.inject import LoraTensors
+from studio.lora.tensors import LoraTensors
 from studio.models.family import ModelFamily
 from studio.models.tiny import build_tiny_pipeline
 

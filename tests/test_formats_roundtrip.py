@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 from studio.errors import StudioError
 from studio.formats.diffusers_format import save_diffusers_lora
 from studio.formats.kohya import from_kohya_state_dict, load_kohya, save_kohya, to_kohya_state_dict
-from studio.lora.inject import LoraTensors, extract_lora, inject_lora
+from studio.lora.inject import extract_lora, inject_lora
+from studio.lora.tensors import LoraTensors
 from studio.models.family import ModelFamily
 from studio.models.tiny import build_tiny_pipeline
 

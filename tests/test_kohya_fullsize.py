@@ -25,8 +25,9 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from studio.formats.kohya import to_kohya_state_dict
-from studio.lora.inject import LoraTensors, inject_lora
+from studio.lora.inject import inject_lora
 from studio.lora.targets import PRESETS, all_targets
+from studio.lora.tensors import LoraTensors
 from studio.models.configs import build_meta_components
 from studio.models.family import ModelFamily
 

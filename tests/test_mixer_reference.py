@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
 from test_adapters_support import lora_factors, make_kohya, tiny, write_kohya
 
 from studio.adapters import load_adapter
@@ -91,7 +91,7 @@ def test_text_encoder_patch_matches_peft_runtime_lora(tmp_path):
     index = kohya_module_index(reference.components, ModelFamily.SD1)
     paths = {index[name].path: value for name, value in factors.items()}
     config = LoraConfig(r=4, lora_alpha=2.0, target_modules=list(paths), init_lora_weights=False)
-    reference.text_encoder.add_adapter(config)
+    inject_adapter_in_model(config, reference.text_encoder)
     for path, (down, up, _) in paths.items():
         layer = reference.text_encoder.get_submodule(path)
         layer.lora_A["default"].weight.data.copy_(down)

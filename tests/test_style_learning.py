@@ -2,7 +2,7 @@
 
 Two sample styles are trained with the "Quick demo (embedded model)" preset, then images
 for 12 held-out prompts are scored with each style's metric at several adapter weights and
-in a 50/50 blend. ``studio.styles`` defines the prompts, the scoring and the checks, which
+in a 50/50 blend. ``trainers.styles`` defines the prompts, the scoring and the checks, which
 bench/style_sweep.py shares to compare preset variants.
 
 The preset (``full`` coverage, rank 8, 1,000 steps, caption dropout 0.2) was chosen by
@@ -24,7 +24,8 @@ from studio.mixer import AdapterWeights, BlendItem
 from studio.models.loader import load_base
 from studio.presets import get_preset
 from studio.recipes import GenerationSettings
-from studio.styles import (
+from studio.train.recipe import train
+from trainers.styles import (
     CHECK_GUIDANCE,
     CHECK_STEPS,
     COLOUR_MIN,
@@ -35,7 +36,6 @@ from studio.styles import (
     score_images,
     style_checks,
 )
-from trainers.lora_recipe import train
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def _render(session: GenerationSession, weights: dict[str, float]) -> list[np.nd
 
 @pytest.fixture(scope="module")
 def scores(session):
-    """metric name (or "colour") -> {setting -> mean}; see ``studio.styles.score_images``."""
+    """metric name (or "colour") -> {setting -> mean}; see ``trainers.styles.score_images``."""
     images = {label: _render(session, weights) for label, weights in check_weights(A, B).items()}
     table = score_images(images, SCENES, (A, B))
     print(table)

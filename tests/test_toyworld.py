@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.styles import STYLE_COLOURS, STYLES, object_colour, style_scene
-from studio.toyworld import (
+from trainers.styles import STYLE_COLOURS, STYLES, object_colour, style_scene
+from trainers.toyworld import (
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -21,7 +21,7 @@ from studio.toyworld import (
     training_scene,
     vocabulary,
 )
-from studio.toyworld.analysis import read_single
+from trainers.toyworld.analysis import read_single
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 

@@ -24,7 +24,7 @@ from studio.atomic import write_text
 from studio.errors import StudioError
 from studio.formats.kohya_names import ModuleRef, kohya_module_index, kohya_name
 from studio.formats.safetensors_io import load_tensors, save_tensors
-from studio.lora.inject import LoraTensors
+from studio.lora.tensors import LoraTensors
 from studio.models.family import ModelFamily
 
 DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"

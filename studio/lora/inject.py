@@ -2,36 +2,26 @@
 
 peft is the library diffusers' own LoRA stack uses, so an adapter trained here is the
 same object diffusers builds when it loads a file: no second LoRA implementation to
-keep in sync. Initialisation follows kohya: A is Kaiming-uniform, B is zero, so a fresh
+keep in sync. Adapters go in through peft's own ``inject_adapter_in_model``, not the
+``add_adapter`` of diffusers or transformers: those wrap it in their own peft version
+gates, and transformers 5.24 refuses every peft published so far (< 0.22). Initialisation follows kohya: A is Kaiming-uniform, B is zero, so a fresh
 adapter leaves the base's outputs unchanged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from studio.lora.targets import all_targets
+from studio.lora.tensors import LoraTensors
 from studio.models.family import ModelFamily
 
 ADAPTER = "default"
-
-
-@dataclass(frozen=True)
-class LoraTensors:
-    """One adapted layer: ΔW = (alpha / rank) · up @ down (reshaped for convs)."""
-
-    down: torch.Tensor  # [rank, in] or [rank, in, kh, kw]
-    up: torch.Tensor  # [out, rank] or [out, rank, 1, 1]
-    alpha: float
-
-    @property
-    def rank(self) -> int:
-        return self.down.shape[0]
 
 
 def inject_lora(
@@ -57,8 +47,15 @@ def inject_lora(
         if not paths:
             continue
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=paths, init_lora_weights=True)
-        model.add_adapter(config, adapter_name=ADAPTER)
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     return targets
+
+
+def set_lora_enabled(model: torch.nn.Module, enabled: bool) -> None:
+    """Switch every peft adapter layer of ``model`` on or off (off: the bare base runs)."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.enable_adapters(enabled)
 
 
 def lora_parameters(components: dict[str, Any]) -> dict[str, list[torch.nn.Parameter]]:

@@ -36,7 +36,7 @@ from studio.formats.metadata import (
     modelspec_architecture,
     studio_version,
 )
-from studio.lora.inject import LoraTensors
+from studio.lora.tensors import LoraTensors
 from studio.mixer.blend import BlendItem, Terms, blend_terms
 from studio.models.family import ModelFamily, prediction_type
 

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from studio.models.tokenizer import DEFAULT_CORPUS, build_tokenizer
-from studio.toyworld import IMAGE_SIZE, vocabulary
+from trainers.toyworld import IMAGE_SIZE, vocabulary
 
 LATENT_SIZE = IMAGE_SIZE // 8
 TEXT_WIDTH = 128

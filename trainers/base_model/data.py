@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from studio.toyworld import IMAGE_SIZE, render_scene, scene_at, training_scene
+from trainers.toyworld import IMAGE_SIZE, render_scene, scene_at, training_scene
 
 CAPTION_DROPOUT = 0.1  # empty captions teach the unconditional branch that CFG needs
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from studio.toyworld.scene import COLOURS, Scene, SceneObject
+from trainers.toyworld.scene import COLOURS, Scene, SceneObject
 
 IMAGE_SIZE = 128
 _SUPER = 2

@@ -1,7 +1,7 @@
 """The LoRA training recipe: dataset -> base -> adapter -> loop -> kohya file.
 
 Read top to bottom, this is the whole run. Each step is a small component from
-``studio`` (data, models, lora, formats) or ``trainers`` (encoding, loss, optim,
+``studio`` (data, models, lora, formats, and train: encoding, loss, optim,
 checkpoint, sampling, data_parallel); accelerate handles devices, mixed precision,
 gradient accumulation and the processes of multi-GPU runs.
 """
@@ -41,19 +41,19 @@ from studio.errors import TrainingDiverged
 from studio.lora.inject import extract_lora, inject_lora
 from studio.models.family import ModelFamily
 from studio.models.loader import BaseModel, load_base
-from trainers.checkpoint import (
+from studio.train.checkpoint import (
     TrainingState,
     checkpoint_adapter_name,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
 )
-from trainers.data_parallel import average_gradients, broadcast_parameters
-from trainers.encoding import ContentCache, encode_latents, encode_text, sdxl_time_ids
-from trainers.export import export_adapter
-from trainers.loss import diffusion_loss, diffusion_target, sample_noise, sample_timesteps
-from trainers.optim import build_lr_scheduler, build_optimizer
-from trainers.sampling import render_samples
+from studio.train.data_parallel import average_gradients, broadcast_parameters
+from studio.train.encoding import ContentCache, encode_latents, encode_text, sdxl_time_ids
+from studio.train.export import export_adapter
+from studio.train.loss import diffusion_loss, diffusion_target, sample_noise, sample_timesteps
+from studio.train.optim import build_lr_scheduler, build_optimizer
+from studio.train.sampling import render_samples
 
 
 @dataclass
@@ -197,7 +197,7 @@ def train(
     )
     lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, total_steps)
     # Mixed precision only, no DDP wrapper: on several GPUs the gradients are averaged by hand,
-    # once per step (trainers/data_parallel.py).
+    # once per step (studio/train/data_parallel.py).
     models = {k: accelerator.prepare_model(m, evaluation_mode=True) for k, m in trainable.items()}
     optimizer = accelerator.prepare(optimizer)
     params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
@@ -485,7 +485,7 @@ def _trim_metrics(run_dir: Path, step: int) -> None:
 
 
 def _last_checkpoint_text(run_dir: Path) -> str:
-    from trainers.checkpoint import list_checkpoints
+    from studio.train.checkpoint import list_checkpoints
 
     found = list_checkpoints(run_dir)
     return f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"

@@ -45,8 +45,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from studio.toyworld import IMAGE_SIZE, Scene, held_out_scenes, object_mask, render_scene, scene_at
-from studio.toyworld.analysis import NAMES, colour_classes
+from trainers.toyworld import IMAGE_SIZE, Scene, held_out_scenes, object_mask, render_scene, scene_at
+from trainers.toyworld.analysis import NAMES, colour_classes
 
 # Content colours for styled scenes: no black (ink is black) and no near-greys.
 STYLE_COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "white")
@@ -281,7 +281,7 @@ def write_dataset(style: Style, directory: Path, count: int = 20, seed: int = 7)
 
 
 def main() -> None:
-    """``python -m studio.styles assets/samples``: (re)write every sample style dataset."""
+    """``python -m trainers.styles assets/samples``: (re)write every sample style dataset."""
     import sys
 
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "assets/samples")

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from studio.toyworld.analysis import SHAPE_INPUT, read_single, shape_input
-from studio.toyworld.render import render_scene
-from studio.toyworld.scene import SHAPES, scene_at
+from trainers.toyworld.analysis import SHAPE_INPUT, read_single, shape_input
+from trainers.toyworld.render import render_scene
+from trainers.toyworld.scene import SHAPES, scene_at
 
 
 def make_network() -> nn.Module:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from studio.toyworld.scene import COLOURS
+from trainers.toyworld.scene import COLOURS
 
 NAMES = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in NAMES], dtype=np.float32)

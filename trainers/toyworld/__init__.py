@@ -4,8 +4,8 @@ The embedded base model is trained on it, the sample style datasets are drawn fr
 and its ground truth is what lets quality be *measured* instead of eyeballed.
 """
 
-from studio.toyworld.render import IMAGE_SIZE, object_mask, render_scene
-from studio.toyworld.scene import (
+from trainers.toyworld.render import IMAGE_SIZE, object_mask, render_scene
+from trainers.toyworld.scene import (
     COLOURS,
     POSITIONS,
     SHAPES,

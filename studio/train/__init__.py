@@ -1,0 +1,1 @@
+"""Training: the LoRA recipe (``recipe.py``) and the components it is built from."""
