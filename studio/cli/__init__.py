@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from studio.environment import check_versions
 from studio.errors import StudioError
 
 # Sub-command modules under studio.cli, in the order `studio --help` lists them.
@@ -31,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # transformers warns on import about optional vision backends we never use.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        check_versions()  # before the sub-commands import the libraries it checks
+    except StudioError as exc:
+        print(f"studio: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,20 +1,22 @@
 """The embedded default base model, so the studio works offline out of the box.
 
-``assets/default-model`` holds the project's own trained SD 1.x-class model (128 px
-toyworld scenes; see its TRAINING.md), and that is used. A checkout without it falls back
-to a tiny SD 1.x pipeline with random weights, built on first use and cached; it
-exercises every code path but draws noise.
+The repository's ``assets/default-model`` holds the project's own trained SD 1.x-class model
+(128 px toyworld scenes; see its TRAINING.md). It ships inside the package as
+``studio_assets`` (pyproject.toml maps the folder), so an editable checkout, a wheel and a
+plain ``pip install .`` all find it the same way: through the installed package, never
+through the source tree. If it is missing, that is said in one line; nothing falls back to
+random weights.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
-from studio.atomic import atomic_dir
+from studio.errors import StudioError
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-_BUILT_NAME = "default-tiny-sd1-v1"
+ASSETS_PACKAGE = "studio_assets"
 
 
 def cache_dir() -> Path:
@@ -25,14 +27,15 @@ def cache_dir() -> Path:
 
 
 def default_model_dir() -> Path:
-    """Path of a diffusers folder holding the default base, building it if needed."""
-    shipped = ASSETS / "default-model"
-    if (shipped / "model_index.json").is_file():
-        return shipped
-    built = cache_dir() / _BUILT_NAME
-    if not (built / "model_index.json").is_file():
-        from studio.models.tiny import build_tiny_pipeline
-
-        with atomic_dir(built) as tmp:
-            build_tiny_pipeline("sd1", seed=0).save_pretrained(tmp)
-    return built
+    """Path of the diffusers folder of the embedded default model."""
+    try:
+        folder = Path(str(resources.files(ASSETS_PACKAGE) / "default-model"))
+    except ModuleNotFoundError:
+        folder = None
+    if folder is None or not (folder / "model_index.json").is_file():
+        raise StudioError(
+            "the embedded default model is missing from this installation "
+            f"(package {ASSETS_PACKAGE!r} has no default-model)",
+            hint="reinstall the studio (pip install .) or pass --base with a model folder",
+        )
+    return folder

@@ -1,0 +1,1 @@
+"""The embedded models, installed as the package ``studio_assets`` (see pyproject.toml)."""
