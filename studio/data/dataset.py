@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.data.buckets import Bucket, make_buckets, nearest_bucket
-from studio.data.captions import CAPTION_EXTENSIONS, MetadataCaptions, read_sidecar, with_trigger
+from studio.data.captions import CAPTION_EXTENSIONS, MetadataCaptions, has_word, read_sidecar, with_trigger
 from studio.data.files import FileProblem, is_inside
 from studio.data.images import IMAGE_EXTENSIONS, probe_image
 from studio.errors import DatasetError, StudioError
@@ -64,6 +64,7 @@ class ImageItem:
     height: int
     bucket: Bucket
     caption_source: str  # ".txt", ".caption", "metadata.jsonl", "metadata.csv"; "" = fallback
+    trigger_added: bool = False  # the caption did not mention the trigger, so it was prepended
 
 
 @dataclass
@@ -193,6 +194,7 @@ def _make_item(
         height=info.height,
         bucket=nearest_bucket(info.width, info.height, dataset.buckets),
         caption_source=caption.source if caption else "",
+        trigger_added=bool(config.trigger) and not has_word(text, config.trigger),
     )
 
 

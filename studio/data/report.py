@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from studio.data.buckets import Bucket
-from studio.data.dataset import DatasetConfig, scan_dataset
+from studio.data.dataset import DatasetConfig, ImageItem, scan_dataset
 from studio.data.files import FileProblem
+from studio.data.similar import dhash, near_duplicate_groups
 
 CLIP_TOKEN_LIMIT = 77
 _APPROX_TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -66,6 +67,9 @@ class DatasetReport:
     token_overflow: list[tuple[Path, int]]
     missing_captions: list[Path]
     duplicates: list[list[Path]]  # groups of byte-identical files
+    near_duplicates: list[list[Path]]  # groups of perceptually similar (not identical) images
+    upscaled: list[tuple[Path, int, int, Bucket]]  # smaller than their bucket: training upscales them
+    without_trigger: list[Path]  # captioned, but the caption never mentions the trigger
     problems: list[FileProblem]
     notes: list[FileProblem]
 
@@ -88,6 +92,10 @@ class DatasetReport:
             [self._missing_title()] + [f"  {self._rel(path)}" for path in self.missing_captions],
             [f"Duplicates (identical bytes): {len(self.duplicates) or 'none'}"]
             + [f"  {' = '.join(self._rel(path) for path in group)}" for group in self.duplicates],
+            [f"Near-duplicates (perceptual hash): {len(self.near_duplicates) or 'none'}"]
+            + [f"  {' ~ '.join(self._rel(path) for path in group)}" for group in self.near_duplicates],
+            self._format_upscaled(),
+            self._format_trigger(),
             [f"Problems: {len(self.problems) or 'none'}"]
             + _table([[self._rel(p.path), p.reason] for p in self.problems], align_right=False),
         ]
@@ -99,6 +107,24 @@ class DatasetReport:
                 ]
             )
         return "\n\n".join("\n".join(section) for section in sections if section)
+
+    def _format_upscaled(self) -> list[str]:
+        if not self.upscaled:
+            return [f"Below the training resolution: none (resolution {self.config.resolution})"]
+        rows = [[self._rel(p), f"{w}x{h} -> {bucket}"] for p, w, h, bucket in self.upscaled]
+        title = f"Below the training resolution: {len(self.upscaled)} (upscaled, so they train blurry)"
+        return [title, *_table(rows, align_right=False)]
+
+    def _format_trigger(self) -> list[str]:
+        if not self.config.trigger:
+            return []
+        count = len(self.without_trigger)
+        if not count:
+            return [f'Captions without the trigger "{self.config.trigger}": none']
+        return [
+            f'Captions without the trigger "{self.config.trigger}": {count} of {self.usable} '
+            "(it is put first in those during training)"
+        ]
 
     def _missing_title(self) -> str:
         if not self.missing_captions:
@@ -192,7 +218,14 @@ def check_dataset(
             (item.path, n) for item, n in zip(items, token_counts, strict=True) if n > token_limit
         ],
         missing_captions=dataset.missing_captions,
-        duplicates=_duplicates([item.path for item in items]),
+        duplicates=(duplicates := _duplicates([item.path for item in items])),
+        near_duplicates=_near_duplicates(items, duplicates),
+        upscaled=[
+            (item.path, item.width, item.height, item.bucket)
+            for item in items
+            if item.width < item.bucket.width or item.height < item.bucket.height
+        ],
+        without_trigger=[item.path for item in items if item.caption_source and item.trigger_added],
         problems=dataset.problems,
         notes=dataset.notes,
     )
@@ -216,6 +249,13 @@ def _duplicates(paths: list[Path]) -> list[list[Path]]:
             for path in same_size:
                 by_hash[_sha256(path)].append(path)
     return [group for group in by_hash.values() if len(group) > 1]
+
+
+def _near_duplicates(items: list[ImageItem], identical: list[list[Path]]) -> list[list[Path]]:
+    """Perceptual near-duplicates, one representative per byte-identical group."""
+    copies = {path for group in identical for path in group[1:]}
+    paths = [item.path for item in items if item.path not in copies]
+    return near_duplicate_groups(paths, [dhash(path) for path in paths])
 
 
 def _sha256(path: Path) -> str:
