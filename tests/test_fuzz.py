@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from test_adapters_support import make_kohya, tiny
 
 from studio.adapters import load_adapter
-from studio.adapters.keys import KOHYA_ROLES, is_kohya_key, parse_diffusers, parse_kohya
 from studio.adapters.resolve import ModuleResolver
 from studio.data.captions import MetadataCaptions, read_sidecar, with_trigger
 from studio.data.dataset import DatasetConfig, scan_dataset
 from studio.data.training import shuffle_tags
 from studio.errors import DatasetError, StudioError
 from studio.formats.inspect import inspect_file
+from studio.formats.keys import KOHYA_ROLES, parse_key
 from studio.formats.safetensors_io import read_header
 from studio.models.family import ModelFamily
 
@@ -109,9 +109,9 @@ def test_key_mapper_never_crashes(parts, sep, role, noise, sd1):
     resolver = _resolver(sd1)
     name = sep.join(parts) + noise
     for key in (f"{name}.{role}", name, noise):
-        parsed = parse_kohya(key) if is_kohya_key(key) else parse_diffusers(key)
+        parsed = parse_key(key)
         if parsed is not None:
-            assert parsed.module.strip(":?.") and parsed.role
+            assert parsed.module.strip(".") and parsed.role
         assert resolver.kohya_ref(name) is None or resolver.kohya_ref(name).module is not None
         resolver.path_ref(None, name.replace("_", "."))
 

@@ -180,14 +180,14 @@ def test_coefficients_and_block_names():
 
 
 def test_factors_go_to_the_weights_device_whatever_the_layer_kind():
-    from studio.adapters.layers import LohaLayer, LoraLayer
+    from studio.adapters.layers import LohaDelta, LoraDelta
     from studio.mixer.engine import _factors_to
 
-    loha = LohaLayer(*(torch.ones(2, 2) for _ in range(4)), scale=0.5)
+    loha = LohaDelta(*(torch.ones(2, 2) for _ in range(4)), scale=0.5)
     moved = _factors_to(loha, torch.device("meta"))
     assert all(t.is_meta for t in (moved.w1a, moved.w1b, moved.w2a, moved.w2b))
     assert moved.t1 is None and moved.scale == 0.5 and not loha.w1a.is_meta
-    lora = LoraLayer(torch.ones(2, 3), torch.ones(3, 2), 1.0)
+    lora = LoraDelta(torch.ones(2, 3), torch.ones(3, 2), 1.0)
     assert _factors_to(lora, torch.device("cpu")) is lora
 
 

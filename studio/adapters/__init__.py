@@ -2,20 +2,20 @@
 
 from studio.adapters.adapter import Adapter, LayerKey, LoadReport
 from studio.adapters.info import AdapterInfo, AdapterWarning
-from studio.adapters.layers import AdapterLayer, FullLayer, LohaLayer, LokrLayer, LoraLayer
+from studio.adapters.layers import AdapterDelta, FullDelta, LohaDelta, LokrDelta, LoraDelta
 from studio.adapters.load import file_sha256, load_adapter
 
 __all__ = [
     "Adapter",
     "AdapterInfo",
-    "AdapterLayer",
+    "AdapterDelta",
     "AdapterWarning",
-    "FullLayer",
+    "FullDelta",
     "LayerKey",
     "LoadReport",
-    "LohaLayer",
-    "LokrLayer",
-    "LoraLayer",
+    "LohaDelta",
+    "LokrDelta",
+    "LoraDelta",
     "file_sha256",
     "load_adapter",
 ]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.adapters.info import AdapterInfo
-from studio.adapters.layers import AdapterLayer
+from studio.adapters.layers import AdapterDelta
 from studio.models.family import ModelFamily
 
 LayerKey = tuple[str, str]  # (component, module path), e.g. ("unet", "down_blocks.1.attentions.0.proj_in")
@@ -39,7 +39,7 @@ class Adapter:
     path: Path
     sha256: str
     family: ModelFamily
-    layers: dict[LayerKey, AdapterLayer]
+    layers: dict[LayerKey, AdapterDelta]
     info: AdapterInfo
     report: LoadReport
 

@@ -5,6 +5,9 @@ Every kind (LoRA/LoCon, LoHa, LoKr, full diff) answers the same two questions:
 (ΔW at weight 1, in fp32, scale included). The mixer only ever sums ΔWs, so adding a
 kind never touches the blending or patching code. Formulas follow LyCORIS
 (``lycoris/functional``) and kohya sd-scripts (``networks/lora.py``).
+
+The classes are ``*Delta``, not ``*Layer``: peft's ``LoraLayer`` is an ``nn.Module`` that
+wraps a base layer, which these plain tensor recipes are not.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import Tensor
 Shape = tuple[int, ...]
 
 
-class AdapterLayer(Protocol):
+class AdapterDelta(Protocol):
     kind: str
 
     @property
@@ -48,7 +51,7 @@ def rebuild_tucker(t: Tensor, wa: Tensor, wb: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class LoraLayer:
+class LoraDelta:
     """Plain LoRA / LoCon: ``ΔW = scale · up @ down`` (``up @ mid @ down`` with a Tucker mid).
 
     ``scale`` is alpha/rank (kohya, peft), alpha/√rank (rsLoRA) or 1 when the file has no
@@ -101,7 +104,7 @@ class LoraLayer:
 
 
 @dataclass(frozen=True)
-class LohaLayer:
+class LohaDelta:
     """LyCORIS LoHa: ``ΔW = scale · (w1a @ w1b) ⊙ (w2a @ w2b)``, scale = alpha / rank.
 
     With CP cores (``hada_t1``/``hada_t2``) each factor is rebuilt as
@@ -162,7 +165,7 @@ class LohaLayer:
 
 
 @dataclass(frozen=True)
-class LokrLayer:
+class LokrDelta:
     """LyCORIS LoKr: ``ΔW = scale · kron(w1, w2)``; each factor is given whole or as ``a @ b``.
 
     ``w2`` may also be a CP core ``rebuild_tucker(t2, w2_a, w2_b)``. scale = alpha / rank,
@@ -193,7 +196,7 @@ class LokrLayer:
 
 
 @dataclass(frozen=True)
-class FullLayer:
+class FullDelta:
     """LyCORIS "full" (``.diff``): the file stores ΔW itself."""
 
     diff: Tensor
@@ -208,3 +211,7 @@ class FullLayer:
 
     def delta(self, weight_shape: Shape, device=None) -> Tensor:
         return _f32(self.diff, device).reshape(weight_shape)
+
+
+# The old name, still imported by studio/mixer/bake.py; remove once that says LoraDelta.
+LoraLayer = LoraDelta

@@ -23,10 +23,10 @@ from torch import Tensor
 from studio.adapters.adapter import Adapter, LayerKey, LoadReport
 from studio.adapters.family import FAMILY_NAMES, declared_family, family_from_shapes
 from studio.adapters.info import AdapterWarning, adapter_info, read_sidecar
-from studio.adapters.keys import UNSUPPORTED_ROLES, ParsedKey, is_kohya_key, parse_diffusers, parse_kohya
-from studio.adapters.layers import AdapterLayer, FullLayer, LohaLayer, LokrLayer, LoraLayer, rebuild_tucker
+from studio.adapters.layers import AdapterDelta, FullDelta, LohaDelta, LokrDelta, LoraDelta, rebuild_tucker
 from studio.adapters.resolve import ModuleResolver
 from studio.errors import StudioError
+from studio.formats.keys import UNSUPPORTED_ROLES, TensorKey, is_kohya_key, parse_key
 from studio.formats.safetensors_io import load_tensors
 from studio.models.family import ModelFamily
 
@@ -102,30 +102,27 @@ def _check_values(path: Path, tensors: dict[str, Tensor]) -> None:
             )
 
 
-def _parse(tensors: dict[str, Tensor]) -> tuple[dict[str, Roles], dict[str, ParsedKey], list[str], set[str]]:
+def _parse(tensors: dict[str, Tensor]) -> tuple[dict[str, Roles], dict[str, TensorKey], list[str], set[str]]:
     """Group tensors by module; return (groups, first parsed key per module, foreign keys, formats)."""
     groups: dict[str, Roles] = defaultdict(dict)
-    parsed_by_module: dict[str, ParsedKey] = {}
+    parsed_by_module: dict[str, TensorKey] = {}
     foreign: list[str] = []
     formats: set[str] = set()
     for key, tensor in tensors.items():
-        if is_kohya_key(key):
-            parsed = parse_kohya(key)
-            if parsed is None:
+        parsed = parse_key(key)
+        if parsed is None:
+            if is_kohya_key(key):
                 raise StudioError(f"unrecognised tensor {key!r}: not a LoRA/LoCon/LoHa/LoKr/full tensor")
-            formats.add("kohya")
-        else:
-            parsed = parse_diffusers(key)
-            if parsed is None:
-                foreign.append(key)
-                continue
-            formats.add("diffusers" if parsed.component else "peft")
-        if parsed.role in UNSUPPORTED_ROLES:
+            foreign.append(key)
+            continue
+        formats.add(parsed.convention)
+        if not parsed.supported:
             raise StudioError(f"{UNSUPPORTED_ROLES[parsed.role]} (tensor {key!r})")
-        if parsed.role in groups[parsed.module]:
-            raise StudioError(f"two tensors give {parsed.role!r} for module {parsed.module!r}")
-        groups[parsed.module][parsed.role] = (key, tensor)
-        parsed_by_module.setdefault(parsed.module, parsed)
+        module = parsed.label
+        if parsed.role in groups[module]:
+            raise StudioError(f"two tensors give {parsed.role!r} for module {module!r}")
+        groups[module][parsed.role] = (key, tensor)
+        parsed_by_module.setdefault(module, parsed)
     return dict(groups), parsed_by_module, foreign, formats
 
 
@@ -155,8 +152,8 @@ def _lokr_factor(module: str, roles: Roles, which: str) -> tuple[Tensor, int | N
     return a.float() @ b.float().flatten(1), b.shape[0]
 
 
-def _build_layer(module: str, roles: Roles, peft_scale) -> AdapterLayer:
-    """One module's tensors -> a layer object; ``peft_scale(rank)`` covers files without alpha tensors."""
+def _build_layer(module: str, roles: Roles, peft_scale) -> AdapterDelta:
+    """One module's tensors -> its ΔW recipe; ``peft_scale(rank)`` covers files without alpha tensors."""
     alpha = _alpha(module, roles)
     kinds = {_KIND_OF_ROLE.get(role, role.split("_")[0]) for role in roles if role != "alpha"}
     if len(kinds) != 1:
@@ -167,21 +164,21 @@ def _build_layer(module: str, roles: Roles, peft_scale) -> AdapterLayer:
         rank = down.shape[0]
         # No alpha tensor: diffusers/peft config (or 1). kohya's alpha 0 also means "alpha = rank".
         scale = peft_scale(rank) if alpha is None else alpha / rank if alpha else 1.0
-        return LoraLayer(down=down, up=up, scale=scale, mid=roles["mid"][1] if "mid" in roles else None)
+        return LoraDelta(down=down, up=up, scale=scale, mid=roles["mid"][1] if "mid" in roles else None)
     if kind == "hada":
         w1a, w1b, w2a, w2b = _need(module, roles, "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
         t1, t2 = (roles[t][1] if t in roles else None for t in ("hada_t1", "hada_t2"))
         if (t1 is None) != (t2 is None):
             raise StudioError(f"module {module!r} has only one of hada_t1/hada_t2")
         scale = alpha / w1b.shape[0] if alpha else 1.0
-        return LohaLayer(w1a=w1a, w1b=w1b, w2a=w2a, w2b=w2b, scale=scale, t1=t1, t2=t2)
+        return LohaDelta(w1a=w1a, w1b=w1b, w2a=w2a, w2b=w2b, scale=scale, t1=t1, t2=t2)
     if kind == "lokr":
         w1, rank1 = _lokr_factor(module, roles, "w1")
         w2, rank2 = _lokr_factor(module, roles, "w2")
         rank = rank1 or rank2
         scale = alpha / rank if alpha and rank else 1.0
-        return LokrLayer(w1=w1, w2=w2, scale=scale, factored_rank=rank)
-    return FullLayer(diff=_need(module, roles, "diff")[0])
+        return LokrDelta(w1=w1, w2=w2, scale=scale, factored_rank=rank)
+    return FullDelta(diff=_need(module, roles, "diff")[0])
 
 
 def _shape_mismatch(
@@ -199,7 +196,7 @@ def _resolve(
     metadata: dict[str, str],
     components: dict[str, Any],
     family: ModelFamily,
-) -> tuple[dict[LayerKey, AdapterLayer], list[str], list[str], set[str]]:
+) -> tuple[dict[LayerKey, AdapterDelta], list[str], list[str], set[str]]:
     """(layers, unmatched modules, their tensor names, formats seen) of one file on one base."""
     try:
         groups, parsed, foreign, formats = _parse(tensors)
@@ -207,14 +204,11 @@ def _resolve(
     except StudioError as exc:
         raise StudioError(exc.message, path=exc.path or path, hint=exc.hint) from None
     resolver = ModuleResolver(components, family)
-    layers: dict[LayerKey, AdapterLayer] = {}
+    layers: dict[LayerKey, AdapterDelta] = {}
     unmatched: list[str] = []
     unmatched_keys: list[str] = []
     for module, roles in groups.items():
-        info = parsed[module]
-        ref = (
-            resolver.kohya_ref(module) if info.path is None else resolver.path_ref(info.component, info.path)
-        )
+        ref = resolver.ref(parsed[module])
         if ref is None:
             unmatched.append(module)
             unmatched_keys.extend(key for key, _ in roles.values())

@@ -16,13 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from studio.formats.kohya_names import (
-    UNET_PREFIX,
-    ModuleRef,
-    adaptable_modules,
-    kohya_module_index,
-    text_encoder_prefix,
-)
+from studio.formats.keys import KOHYA, UNET_PREFIX, TensorKey
+from studio.formats.kohya_names import ModuleRef, adaptable_modules, kohya_module_index, text_encoder_prefix
 from studio.models.family import ModelFamily
 
 
@@ -47,6 +42,12 @@ class ModuleResolver:
             prefixes.append("lora_te1")
         stripped = flat.removeprefix("text_model_")
         return [f"{p}_{name}" for p in prefixes for name in (f"text_model_{stripped}", stripped)]
+
+    def ref(self, key: TensorKey) -> ModuleRef | None:
+        """The base layer a parsed tensor name refers to, or None."""
+        if key.convention == KOHYA:
+            return self.kohya_ref(key.module)
+        return self.path_ref(key.component, key.module)
 
     def kohya_ref(self, name: str) -> ModuleRef | None:
         return self.kohya.get(name) or self._aliases.get(name)

@@ -22,6 +22,7 @@ import torch
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 
 from studio.errors import StudioError
+from studio.formats.keys import peft_key
 from studio.formats.kohya import LoraDict, base_layer, fit, layer_shapes
 from studio.formats.kohya_names import canonical_text_encoder_path
 from studio.formats.safetensors_io import save_tensors
@@ -46,9 +47,11 @@ def to_diffusers_state_dict(
         if component not in allowed:
             raise StudioError(f"a {family.value} LoRA has no component {component!r} (layer {path})")
         down_shape, up_shape = layer_shapes(base_layer(components, component, path), tensors.rank)
-        prefix = f"{component}.{_key_path(component, path)}"
-        state[f"{prefix}.lora_A.weight"] = fit(tensors.down, down_shape, f"{component}.{path} down").to(dtype)
-        state[f"{prefix}.lora_B.weight"] = fit(tensors.up, up_shape, f"{component}.{path} up").to(dtype)
+        down = fit(tensors.down, down_shape, f"{component}.{path} down")
+        up = fit(tensors.up, up_shape, f"{component}.{path} up")
+        key_path = _key_path(component, path)
+        state[peft_key(component, key_path, "down")] = down.to(dtype)
+        state[peft_key(component, key_path, "up")] = up.to(dtype)
     return state
 
 

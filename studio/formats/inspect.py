@@ -5,6 +5,8 @@ Everything is read from the validated header (names, dtypes, shapes) plus the fe
 The family comes from the file's structure where it can (cross-attention width, text-encoder
 width, SDXL-only names) and from the metadata otherwise; when the two disagree the report
 says so, since that is exactly why AUTOMATIC1111 hides a LoRA under the wrong base.
+Tensor names are read with ``studio.formats.keys``, the grammar the adapter loader uses, so
+a module inspect counts is one the loader sees.
 """
 
 from __future__ import annotations
@@ -17,25 +19,28 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from studio.adapters.family import metadata_family
 from studio.errors import StudioError
+from studio.formats.family import metadata_family
+from studio.formats.keys import KOHYA, TensorKey, parse_key
 from studio.formats.safetensors_io import read_header
 
-# Dot-separated key segments that start the parameter part of a key (the rest is the module).
-_PARAM_SEGMENTS = {
-    "lora_down", "lora_up", "lora_mid", "lora_A", "lora_B", "lora", "lora_linear_layer",
-    "alpha", "dora_scale", "lora_magnitude_vector", "scale", "diff", "diff_b",
-}  # fmt: skip
-_DOWN_PARAMS = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_linear_layer.down.weight")
-_COMPONENT_PREFIXES = (
-    ("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te"),
-    ("unet.", "unet"), ("text_encoder_2.", "te2"), ("text_encoder.", "te"),
-)  # fmt: skip
+_RANK_ROLES = ("down", "hada_w1_b", "lokr_w1_b", "lokr_w2_b")  # first dim = rank, first found wins
+_LABELS = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}  # te1 once the file is SDXL
 _CROSS_ATTN_WIDTH = {768: "SD1", 1024: "SD2", 2048: "SDXL"}  # text width the UNet attends to
 _TE_WIDTH = {1024: "SD2", 1280: "SDXL"}  # 768 (CLIP-L) is SD 1.x or SDXL's te1: no evidence alone
 _LONG = 120
 
-Params = dict[str, dict[str, list[int]]]  # module -> {parameter name: shape}
+
+@dataclass
+class _Module:
+    """One adapted module of the file: how its first tensor parsed, and every role's shape."""
+
+    key: TensorKey
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def shown_component(self) -> str:
+        return _LABELS.get(self.key.component or "", "other")
 
 
 @dataclass
@@ -57,79 +62,62 @@ class LoraReport:
         return asdict(self)
 
 
-def split_key(key: str) -> tuple[str, str]:
-    """``(module, parameter)``: ``lora_unet_x.lora_down.weight`` -> ``lora_unet_x``, ``lora_down.weight``."""
-    parts = key.split(".")
-    for i in range(1, len(parts)):
-        part = parts[i]
-        if part in _PARAM_SEGMENTS or part.startswith(("hada_", "lokr_")):
-            return ".".join(parts[:i]), ".".join(parts[i:])
-        if part.endswith("_lora"):  # old diffusers attention processors: ``to_q_lora.down.weight``
-            return ".".join([*parts[:i], part[: -len("_lora")]]), ".".join(["lora", *parts[i + 1 :]])
-    return key, ""
-
-
-def _component(module: str) -> str:
-    for prefix, component in _COMPONENT_PREFIXES:
-        if module.startswith(prefix):
-            return component
-    return "other"
-
-
-def detect_format(params: Params) -> str:
-    """The adapter type, from which parameter names (and conv kernel sizes) the file has."""
-    names = {name for shapes in params.values() for name in shapes}
-    if any(name.startswith("hada_") for name in names):
+def detect_format(parsed: list[tuple[TensorKey, list[int]]]) -> str:
+    """The adapter type, from the tensors' roles, naming and (for LoCon) conv kernel sizes."""
+    roles = {key.role for key, _ in parsed}
+    factors = [(key, shape) for key, shape in parsed if key.role in ("down", "up")]
+    if any(role.startswith("hada_") for role in roles):
         kind = "LyCORIS LoHa"
-    elif any(name.startswith("lokr_") for name in names):
+    elif any(role.startswith("lokr_") for role in roles):
         kind = "LyCORIS LoKr"
-    elif "lora_down.weight" in names:
-        downs = [shapes["lora_down.weight"] for shapes in params.values() if "lora_down.weight" in shapes]
+    elif any(key.convention == KOHYA for key, _ in factors):
+        downs = [shape for key, shape in factors if key.convention == KOHYA and key.role == "down"]
         locon = any(len(shape) == 4 and shape[2:] != [1, 1] for shape in downs)
         kind = "LoCon (kohya/LyCORIS)" if locon else "kohya LoRA"
-    elif any(name.startswith(("lora.down", "lora_linear_layer")) for name in names):
+    elif any(key.legacy for key, _ in factors):
         kind = "diffusers (legacy)"
-    elif any(name.startswith("lora_A") for name in names):
+    elif factors:
         kind = "peft"
+    elif "diff" in roles:
+        kind = "LyCORIS full"
     else:
         return "unknown"
-    if any(name.startswith(("dora_scale", "lora_magnitude_vector")) for name in names):
+    if roles & {"dora_scale", "lora_magnitude_vector"}:
         return f"DoRA ({kind})"
     return kind
 
 
-def _in_features(params: Params, modules: dict[str, str], needles: tuple[str, ...]) -> int | None:
+def _in_features(modules: list[_Module], needles: tuple[str, ...]) -> int | None:
     """Input width of the first module whose name contains a needle, from its down factor."""
     for module in modules:
-        if not any(needle in module for needle in needles):
+        if not any(needle in module.key.module for needle in needles):
             continue
-        for param in (*_DOWN_PARAMS, "hada_w1_b"):
-            shape = params[module].get(param)
+        for role in ("down", "hada_w1_b"):
+            shape = module.shapes.get(role)
             if shape and len(shape) >= 2:
                 return shape[1]
     return None
 
 
-def _family_from_structure(params: Params, modules: dict[str, str]) -> tuple[str, str] | None:
-    width = _in_features(params, modules, ("attn2_to_k", "attn2.to_k", "attn2.processor.to_k"))
+def _family_from_structure(modules: list[_Module]) -> tuple[str, str] | None:
+    width = _in_features(modules, ("attn2_to_k", "attn2.to_k"))
     if width in _CROSS_ATTN_WIDTH:
         return _CROSS_ATTN_WIDTH[width], f"cross-attention width {width}"
-    if "te2" in modules.values():
+    if any(module.key.component == "text_encoder_2" for module in modules):
         return "SDXL", "second text encoder"
-    if any(
-        block in module for module in modules for block in ("input_blocks", "middle_block", "output_blocks")
-    ):
+    sgm_blocks = ("input_blocks", "middle_block", "output_blocks")
+    if any(block in module.key.module for module in modules for block in sgm_blocks):
         return "SDXL", "SGM block names"
-    te_modules = {m: c for m, c in modules.items() if c in ("te", "te1")}
-    width = _in_features(params, te_modules, ("q_proj",))
+    te_modules = [module for module in modules if module.key.component == "text_encoder"]
+    width = _in_features(te_modules, ("q_proj",))
     if width in _TE_WIDTH:
         return _TE_WIDTH[width], f"text-encoder width {width}"
     return None
 
 
-def guess_family(params: Params, modules: dict[str, str], metadata: dict[str, str]) -> tuple[str, str]:
+def guess_family(modules: list[_Module], metadata: dict[str, str]) -> tuple[str, str]:
     """``(family, evidence)``; the file's structure wins over what its metadata claims."""
-    structure = _family_from_structure(params, modules)
+    structure = _family_from_structure(modules)
     found = metadata_family(metadata)
     declared = (found[0].value.upper(), found[1]) if found else None
     if structure and declared and structure[0] != declared[0]:
@@ -139,6 +127,11 @@ def guess_family(params: Params, modules: dict[str, str], metadata: dict[str, st
     if declared:
         return declared
     return "unknown", "no metadata or recognisable layer"
+
+
+def _rank(module: _Module) -> int | None:
+    shape = next((module.shapes[role] for role in _RANK_ROLES if module.shapes.get(role)), None)
+    return shape[0] if shape else None
 
 
 def _scalars(path: Path, keys: list[str]) -> list[float]:
@@ -192,31 +185,24 @@ def inspect_file(path: str | Path) -> LoraReport:
         header, size = read_header(path), path.stat().st_size
     except OSError as exc:  # unreadable (permissions, I/O error): the user's to fix, not a bug
         raise StudioError(f"cannot read the file ({exc.strerror or exc})", path=path) from None
-    params: Params = {}
-    for key, info in header.tensors.items():
-        module, param = split_key(key)
-        params.setdefault(module, {})[param] = info["shape"]
-    modules = {module: _component(module) for module, shapes in params.items() if set(shapes) != {""}}
-    family, evidence = guess_family(params, modules, header.metadata)
-    if family == "SDXL":
-        modules = {module: "te1" if component == "te" else component for module, component in modules.items()}
-
-    ranks = set()
-    for module in modules:
-        for param in (*_DOWN_PARAMS, "hada_w1_b", "lokr_w1_b", "lokr_w2_b"):
-            shape = params[module].get(param)
-            if shape:
-                ranks.add(shape[0])
-                break
-    alpha_keys = [key for key in header.tensors if key.endswith(".alpha")]
+    parsed = [(name, key, info) for name, info in header.tensors.items() if (key := parse_key(name))]
+    modules: dict[str, _Module] = {}
+    for _, key, info in parsed:
+        modules.setdefault(key.label, _Module(key)).shapes[key.role] = info["shape"]
+    family, evidence = guess_family(list(modules.values()), header.metadata)
+    labels = Counter(module.shown_component for module in modules.values())
+    if family == "SDXL" and "te" in labels:
+        labels["te1"] = labels.pop("te")
+    ranks = {rank for module in modules.values() if (rank := _rank(module)) is not None}
+    alpha_keys = [name for name, key, _ in parsed if key.role == "alpha"]
     alphas = _scalars(path, alpha_keys) if alpha_keys else _config_alphas(header.metadata)
     return LoraReport(
         path=str(path),
         file_size=size,
-        format=detect_format(params),
+        format=detect_format([(key, info["shape"]) for _, key, info in parsed]),
         family=family,
         family_evidence=evidence,
-        modules=dict(sorted(Counter(modules.values()).items())),
+        modules=dict(sorted(labels.items())),
         ranks=sorted(ranks),
         alphas=alphas,
         dtypes=dict(sorted(Counter(info["dtype"] for info in header.tensors.values()).items())),

@@ -2,8 +2,8 @@
 
 Each adapted layer is exactly three tensors, ``<name>.lora_down.weight`` [r, in(, kh, kw)],
 ``<name>.lora_up.weight`` [out, r(, 1, 1)] and ``<name>.alpha`` (0-dim), and nothing else:
-diffusers refuses a kohya file with any leftover key. Names come from
-:mod:`studio.formats.kohya_names`; shapes follow the base layer, so a 1x1-conv ``proj_in``
+diffusers refuses a kohya file with any leftover key. Module names come from
+:mod:`studio.formats.kohya_names`, tensor names from :mod:`studio.formats.keys`; shapes follow the base layer, so a 1x1-conv ``proj_in``
 of SD 1.x is 4-D and a Linear one (SD 2.x, SDXL) is 2-D.
 """
 
@@ -22,16 +22,17 @@ from torch import nn
 
 from studio.atomic import write_text
 from studio.errors import StudioError
+from studio.formats.keys import KOHYA, kohya_key, parse_key
 from studio.formats.kohya_names import ModuleRef, kohya_module_index, kohya_name
 from studio.formats.safetensors_io import load_tensors, save_tensors
 from studio.lora.tensors import LoraTensors
 from studio.models.family import ModelFamily
 
-DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
 LEGACY_HASH_WINDOW = (0x100000, 0x110000)  # sd-scripts' addnet_hash_legacy: 64 KiB at 1 MiB
 SD_VERSION = {ModelFamily.SD1: "SD1", ModelFamily.SD2: "SD2", ModelFamily.SDXL: "SDXL"}  # A1111's names
 
 LoraDict = dict[tuple[str, str], LoraTensors]  # (component, module path) -> tensors
+_PLAIN = ("down", "up", "alpha")  # the only roles of a plain kohya LoRA
 
 
 def base_layer(components: dict[str, Any], component: str, path: str) -> nn.Module:
@@ -83,12 +84,12 @@ def to_kohya_state_dict(
             name = kohya_name(ModuleRef(component, path, layer), family, unet_config)
         except ValueError as exc:
             raise StudioError(f"layer {component}.{path} has no kohya name: {exc}") from None
-        if f"{name}.{ALPHA}" in state:
+        if kohya_key(name, "alpha") in state:
             raise StudioError(f"two layers map to the same kohya name {name}")
         down_shape, up_shape = layer_shapes(layer, tensors.rank)
-        state[f"{name}.{DOWN}"] = fit(tensors.down, down_shape, f"{component}.{path} down").to(dtype)
-        state[f"{name}.{UP}"] = fit(tensors.up, up_shape, f"{component}.{path} up").to(dtype)
-        state[f"{name}.{ALPHA}"] = torch.tensor(float(tensors.alpha), dtype=torch.float32)
+        state[kohya_key(name, "down")] = fit(tensors.down, down_shape, f"{component}.{path} down").to(dtype)
+        state[kohya_key(name, "up")] = fit(tensors.up, up_shape, f"{component}.{path} up").to(dtype)
+        state[kohya_key(name, "alpha")] = torch.tensor(float(tensors.alpha), dtype=torch.float32)
     return state
 
 
@@ -102,29 +103,30 @@ def from_kohya_state_dict(
     unmatched rather than failing, so the caller decides how strict to be.
     """
     index = kohya_module_index(components, family)
-    groups: dict[str, dict[str, torch.Tensor]] = {}
+    groups: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}  # name -> role -> (key, tensor)
     unmatched: list[str] = []
     for key, value in state.items():
-        name, _, suffix = key.partition(".")
-        if name in index and suffix in (DOWN, UP, ALPHA):
-            groups.setdefault(name, {})[suffix] = value
+        parsed = parse_key(key)
+        if parsed and parsed.convention == KOHYA and parsed.module in index and parsed.role in _PLAIN:
+            groups.setdefault(parsed.module, {})[parsed.role] = (key, value)
         else:
             unmatched.append(key)
     lora: LoraDict = {}
     for name, parts in groups.items():
-        if DOWN not in parts or UP not in parts:
-            unmatched.extend(f"{name}.{suffix}" for suffix in parts)
+        if "down" not in parts or "up" not in parts:
+            unmatched.extend(key for key, _ in parts.values())
             continue
-        ref = index[name]
-        rank = parts[DOWN].shape[0] if parts[DOWN].dim() else 0
-        if rank == 0 or (ALPHA in parts and parts[ALPHA].numel() != 1):
+        (down_key, down), (up_key, up) = parts["down"], parts["up"]
+        alpha = parts["alpha"][1] if "alpha" in parts else None
+        rank = down.shape[0] if down.dim() else 0
+        if rank == 0 or (alpha is not None and alpha.numel() != 1):
             raise StudioError(f"{name} is not a valid LoRA module (rank 0 or a non-scalar alpha)")
+        ref = index[name]
         down_shape, up_shape = layer_shapes(ref.module, rank)
-        alpha = float(parts[ALPHA].float().item()) if ALPHA in parts else 0.0
         lora[(ref.component, ref.path)] = LoraTensors(
-            down=fit(parts[DOWN].float(), down_shape, f"{name}.{DOWN}"),
-            up=fit(parts[UP].float(), up_shape, f"{name}.{UP}"),
-            alpha=alpha or float(rank),
+            down=fit(down.float(), down_shape, down_key),
+            up=fit(up.float(), up_shape, up_key),
+            alpha=(float(alpha.float().item()) if alpha is not None else 0.0) or float(rank),
         )
     return lora, sorted(unmatched)
 

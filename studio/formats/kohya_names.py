@@ -22,9 +22,8 @@ from typing import Any
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from studio.formats.keys import UNET_PREFIX
 from studio.models.family import ModelFamily
-
-UNET_PREFIX = "lora_unet"
 
 _RESNET_TO_SGM = {
     "norm1": "in_layers.0",

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from studio.adapters.adapter import Adapter, LayerKey
-from studio.adapters.layers import AdapterLayer
+from studio.adapters.layers import AdapterDelta
 from studio.mixer.blend import BlendItem, Terms, blend_terms
 
 
@@ -63,7 +63,7 @@ def _nbytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _factors_to(layer: AdapterLayer, device: torch.device) -> AdapterLayer:
+def _factors_to(layer: AdapterDelta, device: torch.device) -> AdapterDelta:
     """``layer`` with its tensors on ``device``. Non-blocking: a host-to-GPU copy of these small
     factors is staged and queued, where a blocking one would wait for all queued GPU work."""
     if device.type == "cpu":
@@ -95,7 +95,7 @@ class BlendEngine:
         self._originals: dict[LayerKey, Tensor] = {}
         self._applied: dict[LayerKey, Terms] = {}
         self._cache: dict[tuple[Adapter, LayerKey], Tensor] = {}
-        self._factors: dict[tuple[Adapter, LayerKey], AdapterLayer] = {}  # of uncached ΔWs, on the device
+        self._factors: dict[tuple[Adapter, LayerKey], AdapterDelta] = {}  # of uncached ΔWs, on the device
         self._cache_used = 0
 
     @classmethod
