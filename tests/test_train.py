@@ -63,7 +63,7 @@ def test_overfitting_a_tiny_dataset_lowers_the_loss(dataset, tmp_path):
     config = _config(
         dataset,
         tmp_path,
-        preset="full",
+        layers="full",
         rank=8,
         alpha=8.0,
         lr=1e-2,
@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_exactly(dataset, tmp_path):
 
 
 def test_kohya_export_reproduces_the_trained_adapter_in_diffusers(dataset, tmp_path):
-    result = train(_config(dataset, tmp_path, preset="attn", steps=3, lr=1e-2, train_text_encoder=False))
+    result = train(_config(dataset, tmp_path, layers="attn", steps=3, lr=1e-2, train_text_encoder=False))
     kwargs = dict(num_inference_steps=3, height=64, width=64, output_type="np")
     ours = result.base.pipeline("inkstyle, a circle", generator=torch.manual_seed(0), **kwargs).images
 
