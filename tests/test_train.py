@@ -169,6 +169,27 @@ def test_cli_trains_from_a_config_file_with_flag_overrides(dataset, tmp_path):
     assert keys and not any(k.startswith("lora_te") for k in keys)
 
 
+def test_cli_run_metadata_says_what_the_flags_asked(dataset, tmp_path):
+    """--random-crop, --layers and the batch shape reach the exported file's metadata."""
+    out = tmp_path / "crop.safetensors"
+    argv = ["train", str(dataset), "--output", str(out), "--resolution", "64", "--steps", "1", "--rank", "4"]
+    flags = [
+        "--random-crop",
+        "--layers",
+        "attn",
+        "--batch-size",
+        "2",
+        "--gradient-accumulation",
+        "2",
+        "--no-te",
+    ]
+    assert main([*argv, *flags]) == 0
+    metadata = read_header(out).metadata
+    assert metadata["ss_random_crop"] == "True" and metadata["ss_cache_latents"] == "False"
+    assert metadata["ss_total_batch_size"] == "4" and metadata["studio.layers"] == "attn"
+    assert not any(key.startswith("lora_te") for key in load_file(str(out)))
+
+
 def test_gradient_checkpointing_gives_the_same_training(dataset, tmp_path):
     plain = train(_config(dataset, tmp_path / "plain", steps=2))
     checkpointed = train(_config(dataset, tmp_path / "ckpt", steps=2, gradient_checkpointing=True))
