@@ -81,7 +81,7 @@ def write_random_loras(
                 down = down.div_(math.sqrt(math.prod(down_shape[1:]))).cpu()
                 up = torch.randn(up_shape, generator=generator, device=device).mul_(0.01).cpu()
                 lora[(component, path)] = LoraTensors(down, up, alpha=rank / 2)
-        metadata = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2), "studio.preset": preset}
+        metadata = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2), "studio.layers": preset}
         file = directory / f"style_{i}.safetensors"
         paths.append(save_kohya(file, lora, pipe.components, family, metadata))
     return paths

@@ -161,7 +161,7 @@ def ours(base: BaseModel, data: Path, out: Path, row: Row, args, steps: int | No
     config = TrainConfig(
         data=str(data),
         output=str(out / "adapter.safetensors"),
-        preset="attn",
+        layers="attn",
         rank=RANK,
         alpha=float(RANK),
         train_text_encoder=False,

@@ -1,14 +1,18 @@
-"""``TrainConfig``: every training option in one dataclass, saved and loaded as TOML or JSON.
+"""``TrainConfig``: every training option, declared once, saved and loaded as TOML or JSON.
 
-Field names are the CLI flags with ``-`` turned into ``_``, so a config file, the
-command line and the Python API describe a run the same way.
+Each field is an entry of the option table (``studio.options``): its type, default, allowed
+values, help text and where it shows. The ``studio train`` flags, the app's advanced options
+and ``validate`` are generated from it. Field names are the CLI flags with ``-`` turned into
+``_``, so a config file, the command line and the Python API describe a run the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,95 +20,246 @@ import tomllib
 
 from studio.atomic import write_text
 from studio.errors import StudioError
+from studio.options import Show, option, specs
+
+CLI, BASIC, ADVANCED = Show.CLI, Show.BASIC, Show.ADVANCED
+
+LAYER_SETS = ("cross-attn", "attn", "full")  # studio.lora.targets.PRESETS, without importing torch
+# The diffusers schedules that need nothing beyond warmup and length (piecewise_constant needs rules).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
+# Old option name -> new name: accepted, with a one-line notice, for one release.
+RENAMED = {"preset": "layers"}
 
 
 @dataclass
 class TrainConfig:
     # What to train on and where the result goes.
-    data: str = ""
-    base: str = "default"
-    base_config: str | None = None  # diffusers folder describing a single-file --base (needed offline)
-    output: str = "adapter.safetensors"
-    run_dir: str | None = None  # checkpoints, samples, logs; default: "<output stem>-run" beside output
-    format: str = "kohya"  # kohya | diffusers | both
-    trigger: str | None = None
+    data: str = option(
+        "",
+        "image folder (sidecar .txt/.caption captions, N_name subfolders)",
+        show=CLI | BASIC,
+        positional=True,
+    )
+    base: str = option(
+        "default",
+        "diffusers folder, .safetensors file, hub id, or 'default'",
+        show=CLI | BASIC,
+        metavar="MODEL",
+    )
+    base_config: str | None = option(
+        None, "diffusers folder of the same architecture, for a single-file --base offline", metavar="DIR"
+    )
+    output: str = option("adapter.safetensors", "adapter file to write (.safetensors)", metavar="FILE")
+    run_dir: str | None = option(
+        None, "checkpoints, samples and logs (default: <output stem>-run)", metavar="DIR"
+    )
+    format: str = option("kohya", "file format", choices=("kohya", "diffusers", "both"))
+    trigger: str | None = option(
+        None, "trigger word prepended to every caption", show=CLI | BASIC, metavar="WORD"
+    )
 
     # The adapter.
-    preset: str = "cross-attn"  # cross-attn | attn | full
-    rank: int = 16
-    alpha: float | None = None  # None -> rank / 2 (scale 0.5, the common style-LoRA choice)
-    train_text_encoder: bool = True
+    layers: str = option(
+        "cross-attn", "layers to adapt", choices=LAYER_SETS, show=CLI | ADVANCED, label="Layers"
+    )
+    rank: int = option(16, "LoRA rank", minimum=1, metavar="R", show=CLI | ADVANCED, label="Rank")
+    alpha: float | None = option(
+        None,
+        "LoRA alpha; scale = alpha/rank (default: rank/2)",
+        positive=True,
+        metavar="A",
+        show=CLI | ADVANCED,
+        label="Alpha (empty = rank/2)",
+    )
+    train_text_encoder: bool = option(
+        True,
+        "freeze the text encoder(s) and cache their outputs",
+        flag="--no-te",
+        show=CLI | ADVANCED,
+        label="Train the text encoder",
+    )
 
     # Length and batch.
-    steps: int | None = None
-    epochs: int | None = None  # used when steps is None; default 10 epochs
-    batch_size: int = 1
-    gradient_accumulation: int = 1
+    steps: int | None = option(
+        None,
+        "optimizer steps (default: --epochs)",
+        minimum=1,
+        metavar="N",
+        show=CLI | ADVANCED,
+        label="Steps (empty = by epochs)",
+    )
+    epochs: int | None = option(
+        None, "epochs, when --steps is not given (default: 10)", minimum=1, metavar="E"
+    )
+    batch_size: int = option(
+        1, "images per step (per GPU)", minimum=1, metavar="B", show=CLI | ADVANCED, label="Batch size"
+    )
+    gradient_accumulation: int = option(
+        1,
+        "steps whose gradients are summed before each update",
+        minimum=1,
+        metavar="N",
+        show=CLI | ADVANCED,
+        label="Gradient accumulation",
+    )
 
     # Optimisation.
-    lr: float = 1e-4
-    te_lr: float | None = None  # None -> lr / 2
-    optimizer: str = "adamw"  # adamw | adamw8bit
-    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization scheduler name
-    warmup_steps: int = 0
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
+    lr: float = option(
+        1e-4,
+        "UNet learning rate",
+        positive=True,
+        metavar="LR",
+        show=CLI | ADVANCED,
+        label="UNet learning rate",
+    )
+    te_lr: float | None = option(
+        None,
+        "text-encoder learning rate (default: lr/2)",
+        positive=True,
+        metavar="LR",
+        show=CLI | ADVANCED,
+        label="Text-encoder learning rate (empty = lr/2)",
+    )
+    optimizer: str = option("adamw", "optimizer", choices=("adamw", "adamw8bit"))
+    lr_scheduler: str = option(
+        "constant_with_warmup",
+        "learning-rate schedule",
+        choices=LR_SCHEDULERS,
+        show=CLI | ADVANCED,
+        label="LR schedule",
+    )
+    warmup_steps: int = option(
+        0,
+        "steps the learning rate ramps up over",
+        minimum=0,
+        metavar="N",
+        show=CLI | ADVANCED,
+        label="Warmup steps",
+    )
+    weight_decay: float = option(1e-2, "AdamW weight decay", minimum=0, show=Show.API)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", minimum=0, show=Show.API)
 
     # Loss.
-    noise_offset: float = 0.0
-    min_snr_gamma: float | None = None
+    noise_offset: float = option(
+        0.0,
+        "noise offset (0.0357 is common for SDXL)",
+        metavar="X",
+        show=CLI | ADVANCED,
+        label="Noise offset",
+    )
+    min_snr_gamma: float | None = option(
+        None,
+        "Min-SNR loss weighting (5 is common; default: off)",
+        positive=True,
+        metavar="G",
+        show=CLI | ADVANCED,
+        label="Min-SNR gamma (empty = off)",
+    )
 
     # Images and captions.
-    resolution: int | None = None  # None -> the family's native size (512 / 768 / 1024)
-    bucket_step: int = 64
-    random_crop: bool = False
-    shuffle_tags: bool = False
-    keep_tokens: int = 0
-    caption_dropout: float = 0.0
+    resolution: int | None = option(
+        None,
+        "training size in px (default: the model's, 512/768/1024)",
+        minimum=64,
+        metavar="R",
+        show=CLI | ADVANCED,
+        label="Resolution (px; empty = the model's native size)",
+    )
+    bucket_step: int = option(64, "aspect-ratio bucket size step in px", minimum=8, metavar="PX")
+    random_crop: bool = option(False, "random instead of center crops (disables latent caching)")
+    shuffle_tags: bool = option(
+        False,
+        "shuffle comma-separated caption tags (after --keep-tokens)",
+        show=CLI | ADVANCED,
+        label="Shuffle comma-separated tags",
+    )
+    keep_tokens: int = option(
+        0,
+        "leading caption tags kept in place when shuffling",
+        minimum=0,
+        metavar="N",
+        show=CLI | ADVANCED,
+        label="Keep first N tags in place",
+    )
+    caption_dropout: float = option(
+        0.0,
+        "probability of training on an empty caption",
+        minimum=0,
+        maximum=1,
+        metavar="P",
+        show=CLI | ADVANCED,
+        label="Caption dropout (0-1)",
+    )
 
     # Runtime.
-    seed: int = 0
-    mixed_precision: str = "auto"  # auto | no | fp16 | bf16 ; auto = bf16 on a capable GPU, else fp32
-    gradient_checkpointing: bool = False
+    seed: int = option(0, "random seed", metavar="S", show=CLI | ADVANCED, label="Seed")
+    mixed_precision: str = option(
+        "auto",
+        "auto = bf16 on a capable GPU, else fp32",
+        choices=("auto", "no", "fp16", "bf16"),
+        show=CLI | ADVANCED,
+        label="Mixed precision",
+    )
+    gradient_checkpointing: bool = option(
+        False, "trade compute for memory", show=CLI | ADVANCED, label="Gradient checkpointing"
+    )
 
     # Speed and memory. Each switch keeps the loss of the plain path (tests/test_train_speed.py).
-    compile: bool = False  # torch.compile the UNet; the first step waits for the compiler
-    cuda_graphs: bool = False  # compile and replay each step as CUDA graphs: no launch overhead
-    channels_last: bool = False  # NHWC UNet activations: faster convolutions on tensor-core GPUs
-    fused_optimizer: bool = True  # AdamW as one fused kernel per step instead of a loop over tensors
-    overlap_steps: bool = True  # read each loss one step late, so the GPU never waits for the CPU
-    low_memory: bool = False  # checkpointing + cached text + 8-bit Adam + VAE/text encoder off the GPU
+    compile: bool = option(False, "torch.compile the UNet (GPU; the first steps wait for the compiler)")
+    cuda_graphs: bool = option(False, "compile and replay steps as CUDA graphs (fastest at small batches)")
+    channels_last: bool = option(False, "NHWC activations (faster convolutions on GPUs)")
+    fused_optimizer: bool = option(True, "plain AdamW instead of the fused kernel")
+    overlap_steps: bool = option(True, "read every loss before starting the next step", flag="--no-overlap")
+    low_memory: bool = option(False, "checkpointing, cached text, 8-bit Adam, VAE/TE off the GPU")
 
     # Side outputs.
-    sample_every: int = 0  # 0 = never
-    sample_prompts: list[str] = field(default_factory=list)  # default: the trigger plus two captions
-    sample_steps: int = 20
-    checkpoint_every: int = 0  # 0 = only at the end
-    keep_checkpoints: int = 3
-    resume: str | None = None
+    sample_every: int = option(
+        0,
+        "preview images every N steps (0 = never)",
+        minimum=0,
+        metavar="N",
+        show=CLI | ADVANCED,
+        label="Sample every N steps (0 = never)",
+    )
+    sample_prompts: list[str] = option(
+        [],
+        "a preview prompt; repeatable (default: the trigger and two captions)",
+        flag="--sample-prompt",
+        metavar="TEXT",
+        show=CLI | ADVANCED,
+        label="Sample prompts (one per line; empty = trigger + two captions)",
+    )
+    sample_steps: int = option(
+        20,
+        "denoising steps per preview image",
+        minimum=1,
+        metavar="N",
+        show=CLI | ADVANCED,
+        label="Sampling steps",
+    )
+    checkpoint_every: int = option(
+        0,
+        "save a resumable checkpoint every N steps (0 = only at the end)",
+        minimum=0,
+        metavar="N",
+        show=CLI | ADVANCED,
+        label="Checkpoint every N steps (0 = only at the end)",
+    )
+    keep_checkpoints: int = option(3, "checkpoints kept (the newest)", minimum=1, metavar="N")
+    resume: str | None = option(None, "run directory or checkpoint to continue from", metavar="DIR")
 
-    def validate(self) -> None:
-        problems = []
-        if self.rank < 1:
-            problems.append("rank must be >= 1")
-        if self.steps is not None and self.steps < 1:
-            problems.append("steps must be >= 1")
-        if self.epochs is not None and self.epochs < 1:
-            problems.append("epochs must be >= 1")
-        if self.batch_size < 1 or self.gradient_accumulation < 1:
-            problems.append("batch size and gradient accumulation must be >= 1")
-        if self.lr <= 0:
-            problems.append("learning rate must be > 0")
-        if self.format not in ("kohya", "diffusers", "both"):
-            problems.append("format must be kohya, diffusers or both")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            problems.append("mixed precision must be auto, no, fp16 or bf16")
-        if self.optimizer not in ("adamw", "adamw8bit"):
-            problems.append("optimizer must be adamw or adamw8bit")
-        if not 0 <= self.caption_dropout <= 1:
-            problems.append("caption dropout must be between 0 and 1")
+    preset: InitVar[str | None] = None  # the old name of ``layers``, for one release
+
+    def __post_init__(self, preset: str | None) -> None:
+        if preset is not None:
+            _renamed("preset", "TrainConfig(preset=...)")
+            self.layers = preset
+
+    def validate(self, source: str | None = None) -> None:
+        """Every value against its option's type, choices and bounds; one line naming each problem."""
+        problems = [p for spec in specs(type(self)) if (p := spec.problem(getattr(self, spec.name)))]
         if problems:
-            raise StudioError("invalid training options: " + "; ".join(problems))
+            raise StudioError("invalid training options: " + "; ".join(problems), path=source)
 
     @property
     def effective_alpha(self) -> float:
@@ -131,12 +286,22 @@ class TrainConfig:
         write_text(path, text)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise StudioError(f"unknown option(s) {', '.join(unknown)}", path=source)
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any], source: str | None = None) -> TrainConfig:
+        """A validated config from plain values (a config file, the app's form, a stored job)."""
+        values = dict(values)
+        for old, new in RENAMED.items():
+            if old in values:
+                _renamed(old, source)
+                values[new] = values.pop(old)
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "see `studio train --help`: flags, - as _"
+                raise StudioError(f"unknown option {key!r} ({hint})", path=source)
+        config = cls(**values)
+        config.validate(source)
+        return config
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -148,7 +313,15 @@ class TrainConfig:
             raise StudioError("config file not found", path=path) from None
         except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise StudioError(f"cannot parse config ({exc})", path=path) from None
+        if not isinstance(values, dict):
+            raise StudioError("a config must be a table of options", path=path)
         return cls.from_dict(values, str(path))
+
+
+def _renamed(old: str, where: str | None) -> None:
+    """The one-line notice for an old option name (the CLI prints it as a warning line)."""
+    text = f"{old!r} is now {RENAMED[old]!r}; the old name goes in the next release"
+    warnings.warn(f"{where}: {text}" if where else text, FutureWarning, stacklevel=3)
 
 
 def _to_toml(values: dict[str, Any]) -> str:

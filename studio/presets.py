@@ -34,7 +34,7 @@ PRESETS: dict[str, Preset] = {
             "Style (SD 1.5)",
             "512 px, rank 16, UNet cross-attention + text encoder, 1,500 steps at batch 4.",
             {
-                "preset": "cross-attn",
+                "layers": "cross-attn",
                 "rank": 16,
                 "alpha": 8.0,
                 "resolution": 512,
@@ -53,7 +53,7 @@ PRESETS: dict[str, Preset] = {
             "Style (SDXL)",
             "1024 px, rank 16, UNet only with cached text, gradient checkpointing, 1,500 steps.",
             {
-                "preset": "cross-attn",
+                "layers": "cross-attn",
                 "rank": 16,
                 "alpha": 8.0,
                 "resolution": 1024,
@@ -74,7 +74,7 @@ PRESETS: dict[str, Preset] = {
             "The embedded 128 px model: learns a style from ~20 images in a few CPU minutes.",
             {
                 "base": "default",
-                "preset": "full",
+                "layers": "full",
                 "rank": 8,
                 "alpha": 8.0,
                 "resolution": 128,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -90,6 +91,33 @@ def test_exact_bake_reproduces_the_blend(blend):
         ours = pipe.components[key[0]].get_submodule(key[1]).weight
         theirs = fresh.components[key[0]].get_submodule(key[1]).weight
         torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
+
+
+def test_baked_metadata_names_sources_by_file_and_keeps_their_resolution(tmp_path):
+    """Sources trained at 128 px make a 128 px bake (not the base's 512), and the file lists them
+    by name and sha256: no local path leaks into a file meant to be shared."""
+    pipe = tiny("sd1")
+    small = {"ss_resolution": "(128, 128)", "modelspec.resolution": "128x128"}
+    paths = [
+        make_kohya(tmp_path / "ink.safetensors", pipe, "sd1", 1, metadata=small),
+        make_kohya(tmp_path / "paper.safetensors", pipe, "sd1", 2, metadata={"ss_resolution": "(128, 128)"}),
+        make_kohya(tmp_path / "plain.safetensors", pipe, "sd1", 3),  # states no resolution
+    ]
+    items = [BlendItem(load_adapter(path, pipe.components, SD1), AdapterWeights(0.5)) for path in paths]
+    out = tmp_path / "baked.safetensors"
+    bake_blend(items, pipe.components, SD1, out)
+    with safe_open(str(out), "pt") as f:
+        metadata = f.metadata()
+    assert metadata["modelspec.resolution"] == "128x128"
+    sources = json.loads(metadata["studio.bake_sources"])
+    assert [(s["file"], s["sha256"]) for s in sources] == [
+        (path.name, hashlib.sha256(path.read_bytes()).hexdigest()) for path in paths
+    ]
+    assert str(tmp_path) not in json.dumps(metadata) and all("path" not in s for s in sources)
+
+    bake_blend(items[2:], pipe.components, SD1, tmp_path / "default.safetensors")
+    with safe_open(str(tmp_path / "default.safetensors"), "pt") as f:
+        assert f.metadata()["modelspec.resolution"] == "512x512"  # no source says: the family's size
 
 
 def test_exact_bake_loads_in_diffusers(blend):

@@ -71,7 +71,7 @@ def test_values_are_strings_spelled_like_sd_scripts():
     assert metadata["modelspec.sai_model_spec"] == "1.0.1"
     assert metadata["modelspec.title"] == "ink_style" and metadata["ss_output_name"] == "ink_style"
     assert metadata["modelspec.trigger_phrase"] == "inkstyle"
-    assert metadata["studio.preset"] == "cross-attn"
+    assert metadata["studio.layers"] == "cross-attn"
 
 
 @pytest.mark.parametrize(
@@ -189,7 +189,7 @@ def test_sidecar_is_a1111_user_metadata_and_keeps_user_edits(tmp_path):
     assert user["activation text"] == "inkstyle"
     assert user["preferred weight"] == 0.8
     assert user["description"] == "Ink outlines."
-    assert user["notes"] == "rank 16, alpha 8.0, preset cross-attn, 1500 steps"
+    assert user["notes"] == "rank 16, alpha 8.0, layers cross-attn, 1500 steps"
     assert user["negative text"] == "blurry"  # set in A1111, not ours to drop
 
 

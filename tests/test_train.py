@@ -63,7 +63,7 @@ def test_overfitting_a_tiny_dataset_lowers_the_loss(dataset, tmp_path):
     config = _config(
         dataset,
         tmp_path,
-        preset="full",
+        layers="full",
         rank=8,
         alpha=8.0,
         lr=1e-2,
@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_exactly(dataset, tmp_path):
 
 
 def test_kohya_export_reproduces_the_trained_adapter_in_diffusers(dataset, tmp_path):
-    result = train(_config(dataset, tmp_path, preset="attn", steps=3, lr=1e-2, train_text_encoder=False))
+    result = train(_config(dataset, tmp_path, layers="attn", steps=3, lr=1e-2, train_text_encoder=False))
     kwargs = dict(num_inference_steps=3, height=64, width=64, output_type="np")
     ours = result.base.pipeline("inkstyle, a circle", generator=torch.manual_seed(0), **kwargs).images
 
@@ -167,6 +167,27 @@ def test_cli_trains_from_a_config_file_with_flag_overrides(dataset, tmp_path):
     assert main(["train", "--config", str(config), "--steps", "2", "--output", str(out), "--no-te"]) == 0
     keys = set(load_file(str(out)))
     assert keys and not any(k.startswith("lora_te") for k in keys)
+
+
+def test_cli_run_metadata_says_what_the_flags_asked(dataset, tmp_path):
+    """--random-crop, --layers and the batch shape reach the exported file's metadata."""
+    out = tmp_path / "crop.safetensors"
+    argv = ["train", str(dataset), "--output", str(out), "--resolution", "64", "--steps", "1", "--rank", "4"]
+    flags = [
+        "--random-crop",
+        "--layers",
+        "attn",
+        "--batch-size",
+        "2",
+        "--gradient-accumulation",
+        "2",
+        "--no-te",
+    ]
+    assert main([*argv, *flags]) == 0
+    metadata = read_header(out).metadata
+    assert metadata["ss_random_crop"] == "True" and metadata["ss_cache_latents"] == "False"
+    assert metadata["ss_total_batch_size"] == "4" and metadata["studio.layers"] == "attn"
+    assert not any(key.startswith("lora_te") for key in load_file(str(out)))
 
 
 def test_gradient_checkpointing_gives_the_same_training(dataset, tmp_path):

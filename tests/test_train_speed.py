@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
@@ -162,6 +163,8 @@ def test_two_processes_match_one_at_the_same_global_batch(plain, dataset, tmp_pa
     losses = torch.tensor([m["loss"] for m in metrics])
     torch.testing.assert_close(losses, torch.tensor(plain[0]), rtol=1e-4, atol=1e-6)
     _assert_same_adapter(load_file(str(out)), plain[1], 1e-4)
+    with safe_open(str(out), "pt") as f:  # 2 processes x batch 2 x the accumulated micro-batches
+        assert f.metadata()["ss_total_batch_size"] == str(2 * 2 * accumulation)
 
 
 def test_compile_cache_is_kept_in_the_studio_cache_unless_the_user_chose_one(monkeypatch, tmp_path):

@@ -6,106 +6,47 @@ import argparse
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
-from studio.config import TrainConfig
+from studio.config import RENAMED, TrainConfig
 from studio.errors import StudioError
-from studio.lora.targets import PRESETS
+from studio.options import Show, Spec, specs
 
-# (flag, TrainConfig field, argparse kwargs). Defaults live in TrainConfig, not here, so a
-# config file's values survive unless a flag is actually given.
-_OPTIONS: list[tuple[str, str, dict]] = [
-    (
-        "--base",
-        "base",
-        {"metavar": "MODEL", "help": "diffusers folder, .safetensors file, hub id, or 'default'"},
-    ),
-    (
-        "--base-config",
-        "base_config",
-        {
-            "metavar": "DIR",
-            "help": "diffusers folder of the same architecture, for a single-file --base offline",
-        },
-    ),
-    ("--output", "output", {"metavar": "FILE", "help": "adapter file to write (.safetensors)"}),
-    (
-        "--run-dir",
-        "run_dir",
-        {"metavar": "DIR", "help": "checkpoints, samples and logs (default: <output>-run)"},
-    ),
-    (
-        "--format",
-        "format",
-        {"choices": ["kohya", "diffusers", "both"], "help": "file format (default kohya)"},
-    ),
-    ("--trigger", "trigger", {"metavar": "WORD", "help": "trigger word prepended to every caption"}),
-    ("--preset", "preset", {"choices": PRESETS, "help": "layers to adapt (default cross-attn)"}),
-    ("--rank", "rank", {"type": int, "metavar": "R", "help": "LoRA rank (default 16)"}),
-    (
-        "--alpha",
-        "alpha",
-        {"type": float, "metavar": "A", "help": "LoRA alpha; scale = alpha/rank (default rank/2)"},
-    ),
-    ("--steps", "steps", {"type": int, "metavar": "N", "help": "optimizer steps"}),
-    (
-        "--epochs",
-        "epochs",
-        {"type": int, "metavar": "E", "help": "epochs, when --steps is not given (default 10)"},
-    ),
-    ("--batch-size", "batch_size", {"type": int, "metavar": "B"}),
-    ("--gradient-accumulation", "gradient_accumulation", {"type": int, "metavar": "N"}),
-    ("--lr", "lr", {"type": float, "metavar": "LR", "help": "UNet learning rate (default 1e-4)"}),
-    (
-        "--te-lr",
-        "te_lr",
-        {"type": float, "metavar": "LR", "help": "text-encoder learning rate (default lr/2)"},
-    ),
-    ("--optimizer", "optimizer", {"choices": ["adamw", "adamw8bit"]}),
-    (
-        "--lr-scheduler",
-        "lr_scheduler",
-        {"metavar": "NAME", "help": "constant, constant_with_warmup, cosine, ..."},
-    ),
-    ("--warmup-steps", "warmup_steps", {"type": int, "metavar": "N"}),
-    ("--noise-offset", "noise_offset", {"type": float, "metavar": "X"}),
-    (
-        "--min-snr-gamma",
-        "min_snr_gamma",
-        {"type": float, "metavar": "G", "help": "Min-SNR loss weighting (5 is common)"},
-    ),
-    (
-        "--resolution",
-        "resolution",
-        {"type": int, "metavar": "R", "help": "training size (default: the model's)"},
-    ),
-    ("--bucket-step", "bucket_step", {"type": int, "metavar": "PX"}),
-    ("--keep-tokens", "keep_tokens", {"type": int, "metavar": "N"}),
-    ("--caption-dropout", "caption_dropout", {"type": float, "metavar": "P"}),
-    ("--seed", "seed", {"type": int, "metavar": "S"}),
-    ("--mixed-precision", "mixed_precision", {"choices": ["auto", "bf16", "fp16", "no"]}),
-    ("--sample-every", "sample_every", {"type": int, "metavar": "N", "help": "preview images every N steps"}),
-    ("--sample-prompt", "sample_prompts", {"action": "append", "metavar": "TEXT", "help": "repeatable"}),
-    ("--checkpoint-every", "checkpoint_every", {"type": int, "metavar": "N"}),
-    ("--resume", "resume", {"metavar": "DIR", "help": "run directory or checkpoint to continue from"}),
-]
-_SWITCHES = [
-    ("--no-te", "train_text_encoder", False, "freeze the text encoder(s) and cache their outputs"),
-    ("--gradient-checkpointing", "gradient_checkpointing", True, "trade compute for memory"),
-    ("--low-memory", "low_memory", True, "checkpointing, cached text, 8-bit Adam, VAE/TE off the GPU"),
-    ("--compile", "compile", True, "torch.compile the UNet (GPU; the first steps wait for the compiler)"),
-    (
-        "--cuda-graphs",
-        "cuda_graphs",
-        True,
-        "compile and replay steps as CUDA graphs (fastest at small batches)",
-    ),
-    ("--channels-last", "channels_last", True, "NHWC activations (faster convolutions on GPUs)"),
-    ("--no-fused-optimizer", "fused_optimizer", False, "plain AdamW instead of the fused kernel"),
-    ("--no-overlap", "overlap_steps", False, "read every loss before starting the next step"),
-    ("--random-crop", "random_crop", True, "random instead of center crops (disables latent caching)"),
-    ("--shuffle-tags", "shuffle_tags", True, "shuffle comma-separated caption tags (after --keep-tokens)"),
-]
+
+def _argument(spec: Spec) -> tuple[list[str], dict[str, Any]]:
+    """argparse's arguments for one option. No defaults here: TrainConfig has them, and a config
+    file's values must survive unless a flag is actually given."""
+    o = spec.option
+    shown = spec.kind is not bool and spec.default not in (None, "", [])
+    help_text = f"{o.help} (default: {spec.default})" if shown else o.help
+    if o.positional:
+        return [spec.name], {"nargs": "?", "help": help_text}
+    kwargs: dict[str, Any] = {"dest": spec.name, "help": help_text}
+    if spec.kind is bool:
+        return [spec.flag], {**kwargs, "action": "store_const", "const": not spec.default}
+    if spec.kind is list:
+        kwargs["action"] = "append"
+    elif spec.kind is not str:
+        kwargs["type"] = spec.kind
+    if o.choices:
+        kwargs["choices"] = o.choices
+    elif o.metavar:
+        kwargs["metavar"] = o.metavar
+    return [spec.flag], kwargs
+
+
+class _Renamed(argparse.Action):
+    """An old flag kept for one release: it sets the new option and says so on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(
+            f"studio: warning: {option_string} is now {new}; the old name goes in the next release",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -115,13 +56,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train a LoRA adapter and export a kohya-compatible .safetensors file.",
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument(
-        "data", nargs="?", help="image folder (sidecar .txt/.caption captions, N_name subfolders)"
-    )
-    for flag, field, kwargs in _OPTIONS:
-        parser.add_argument(flag, dest=field, **kwargs)
-    for flag, field, value, help_text in _SWITCHES:
-        parser.add_argument(flag, dest=field, action="store_const", const=value, help=help_text)
+    by_name = {spec.name: spec for spec in specs(TrainConfig)}
+    for spec in by_name.values():
+        if Show.CLI in spec.option.show:
+            flags, kwargs = _argument(spec)
+            parser.add_argument(*flags, **kwargs)
+    for old, new in RENAMED.items():
+        _, kwargs = _argument(by_name[new])
+        kwargs.update(action=_Renamed, help=f"old name of {by_name[new].flag}, for one more release")
+        parser.add_argument("--" + old.replace("_", "-"), **kwargs)
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON training config; flags override it")
     parser.add_argument("--save-config", metavar="FILE", help="write the resolved config and exit")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -135,10 +78,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
-    fields = {field for _, field, _ in _OPTIONS} | {field for _, field, _, _ in _SWITCHES} | {"data"}
-    values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
-    return TrainConfig.from_dict(values)
+    """The ``--config`` file (if any), then the flags given; renamed keys print one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)
+        values = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
+        fields = {spec.name for spec in specs(TrainConfig)}
+        values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+        config = TrainConfig.from_dict(values, "command line")
+    for warning in caught:
+        print(f"studio: warning: {warning.message}", file=sys.stderr)
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

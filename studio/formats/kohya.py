@@ -167,9 +167,10 @@ def a1111_user_metadata(
 ) -> dict[str, Any]:
     """The ``<name>.json`` AUTOMATIC1111 shows and edits on the LoRA card (its own key names)."""
     if notes is None:
+        layers = metadata.get("studio.layers") or metadata.get("studio.preset", "?")  # the old key
         notes = (
             f"rank {metadata.get('ss_network_dim', '?')}, alpha {metadata.get('ss_network_alpha', '?')}, "
-            f"preset {metadata.get('studio.preset', '?')}, {metadata.get('ss_steps', '?')} steps"
+            f"layers {layers}, {metadata.get('ss_steps', '?')} steps"
         )
     return {
         "description": metadata.get("modelspec.description", ""),

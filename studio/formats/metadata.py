@@ -10,6 +10,9 @@ sd-scripts' ``train_network.py`` and ``library/sai_model_spec.py`` exactly.
 from __future__ import annotations
 
 import json
+import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -30,7 +33,7 @@ class TrainingInfo:
     rank: int
     alpha: float
     trigger: str = ""
-    preset: str = "cross-attn"
+    layers: str = "cross-attn"  # the layer set adapted (studio.lora.targets)
     network_args: dict[str, Any] = field(default_factory=dict)
     train_text_encoder: bool = True
     prediction_type: str = "epsilon"  # or "v_prediction"
@@ -43,6 +46,7 @@ class TrainingInfo:
     reg_dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)
     bucket_info: dict[str, Any] | None = None
     enable_bucket: bool = False
+    bucket_step: int | None = None
     min_bucket_reso: int | None = None
     max_bucket_reso: int | None = None
     shuffle_caption: bool = False
@@ -56,7 +60,7 @@ class TrainingInfo:
     learning_rate: float = 1e-4
     unet_lr: float | None = None
     text_encoder_lr: float | None = None
-    optimizer: str = "AdamW"
+    optimizer: str = "AdamW"  # sd-scripts' spelling: the class, then its arguments: AdamW(weight_decay=0.01)
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     max_train_steps: int = 0
@@ -67,6 +71,7 @@ class TrainingInfo:
     grad_accum: int = 1
     world_size: int = 1
     gradient_checkpointing: bool = False
+    max_grad_norm: float | None = None
     mixed_precision: str = "no"
     noise_offset: float | None = None
     min_snr_gamma: float | None = None
@@ -117,6 +122,56 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
 
 
+def modelspec_metadata(
+    family: ModelFamily,
+    prediction_type: str,
+    *,
+    title: str,
+    resolution: tuple[int, int] | None = None,
+    date: float | None = None,
+    trigger: str = "",
+    description: str = "",
+    author: str = "",
+    license: str = "",
+    tags: Sequence[str] = (),
+    encoder_layer: int | None = None,
+) -> dict[str, str]:
+    """The ``modelspec.*`` keys (SAI ModelSpec 1.0.1, as sd-scripts writes them) of a LoRA for
+    ``family``; ``resolution`` None: the family's native size; ``date`` None: now."""
+    side = family.default_resolution
+    width, height = resolution or (side, side)
+    values: dict[str, Any] = {
+        "modelspec.sai_model_spec": SAI_MODEL_SPEC,
+        "modelspec.architecture": modelspec_architecture(family, prediction_type),
+        "modelspec.implementation": SGM_IMPLEMENTATION if family is ModelFamily.SDXL else "diffusers",
+        "modelspec.title": title,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.date": _iso(time.time() if date is None else date),
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+    }
+    if encoder_layer is not None:
+        values["modelspec.encoder_layer"] = encoder_layer
+    optional = {
+        "modelspec.trigger_phrase": trigger,
+        "modelspec.description": description,
+        "modelspec.author": author,
+        "modelspec.license": license,
+        "modelspec.tags": ", ".join(tags),
+    }
+    values.update({key: value for key, value in optional.items() if value})
+    return {key: str(value) for key, value in values.items()}
+
+
+def metadata_resolution(metadata: dict[str, str]) -> tuple[int, int] | None:
+    """The training size a file states: ``modelspec.resolution`` ("512x512"), else ``ss_resolution``
+    ("(512, 512)"); None when it states neither or something unreadable."""
+    for key in ("modelspec.resolution", "ss_resolution"):
+        numbers = re.findall(r"\d+", metadata.get(key) or "")
+        if len(numbers) == 2 and all(int(n) > 0 for n in numbers):
+            return int(numbers[0]), int(numbers[1])
+    return None
+
+
 def kohya_metadata(info: TrainingInfo) -> dict[str, str]:
     """``ss_*``, ``modelspec.*`` and ``studio.*`` metadata for ``info``; every value a string."""
     family = ModelFamily(info.family)
@@ -165,6 +220,7 @@ def kohya_metadata(info: TrainingInfo) -> dict[str, str]:
         "ss_total_batch_size": info.batch_size * info.grad_accum * info.world_size,
         "ss_gradient_accumulation_steps": info.grad_accum,
         "ss_gradient_checkpointing": info.gradient_checkpointing,
+        "ss_max_grad_norm": info.max_grad_norm,
         "ss_mixed_precision": info.mixed_precision,
         "ss_full_fp16": False,
         "ss_noise_offset": info.noise_offset,
@@ -175,27 +231,28 @@ def kohya_metadata(info: TrainingInfo) -> dict[str, str]:
         "ss_seed": info.seed,
         "ss_training_started_at": info.started_at,
         "ss_training_finished_at": info.finished_at,
-        "modelspec.sai_model_spec": SAI_MODEL_SPEC,
-        "modelspec.architecture": modelspec_architecture(family, info.prediction_type),
-        "modelspec.implementation": SGM_IMPLEMENTATION if family is ModelFamily.SDXL else "diffusers",
-        "modelspec.title": info.title or info.output_name,
-        "modelspec.resolution": f"{width}x{height}",
-        "modelspec.date": _iso(info.finished_at or info.started_at),
-        "modelspec.prediction_type": "v" if info.prediction_type == "v_prediction" else "epsilon",
         "studio.version": studio_version(),
-        "studio.preset": info.preset,
+        "studio.layers": info.layers,
         "studio.train_text_encoder": info.train_text_encoder,
     }
+    if info.bucket_step is not None:
+        values["studio.bucket_step"] = info.bucket_step
     if info.base_model_hash:
         values["ss_new_sd_model_hash"] = info.base_model_hash
-    if info.clip_skip is not None:
-        values["modelspec.encoder_layer"] = info.clip_skip
-    optional = {
-        "modelspec.trigger_phrase": info.trigger,
-        "modelspec.description": info.description,
-        "modelspec.author": info.author,
-        "modelspec.license": info.license,
-        "modelspec.tags": ", ".join(info.tags),
-    }
-    values.update({key: value for key, value in optional.items() if value})
-    return {key: str(value) for key, value in values.items()}
+    metadata = {key: str(value) for key, value in values.items()}
+    metadata.update(
+        modelspec_metadata(
+            family,
+            info.prediction_type,
+            title=info.title or info.output_name,
+            resolution=(width, height),
+            date=info.finished_at or info.started_at,
+            trigger=info.trigger,
+            description=info.description,
+            author=info.author,
+            license=info.license,
+            tags=info.tags,
+            encoder_layer=info.clip_skip,
+        )
+    )
+    return metadata

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,9 @@ from studio.errors import StudioError
 from studio.formats.kohya import save_kohya
 from studio.formats.kohya_names import ModuleRef, kohya_name
 from studio.formats.metadata import (
-    SAI_MODEL_SPEC,
-    SGM_IMPLEMENTATION,
     base_model_version,
-    modelspec_architecture,
+    metadata_resolution,
+    modelspec_metadata,
     studio_version,
 )
 from studio.lora.tensors import LoraTensors
@@ -91,36 +90,39 @@ def _svd_factors(delta: Tensor, rank: int) -> tuple[Tensor, Tensor, float, float
     )
 
 
-def _metadata(items: Sequence[BlendItem], family: ModelFamily, prediction: str, **fields: str) -> dict:
+def _resolution(items: Sequence[BlendItem]) -> tuple[int, int] | None:
+    """The size the sources were trained at, from their metadata: the one most of them state
+    (the first listed on a tie); None when none does."""
+    stated = [r for it in items if (r := metadata_resolution(it.adapter.info.metadata))]
+    return Counter(stated).most_common(1)[0][0] if stated else None
+
+
+def _metadata(items: Sequence[BlendItem], family: ModelFamily, prediction: str, title: str) -> dict:
     sources = [
         {
             "name": it.adapter.name,
+            "file": it.adapter.path.name,  # a name, not a local path: the file may be shared
             "sha256": it.adapter.sha256,
-            "path": str(it.adapter.path),
             **it.weights.to_dict(),
         }
         for it in items
     ]
     triggers = [it.adapter.info.trigger for it in items if it.weights.enabled and it.adapter.info.trigger]
-    resolution = family.default_resolution
-    metadata = {
+    return {
         "ss_network_module": "networks.lora",
         "ss_network_args": "{}",  # plain LoRA, no conv_dim etc.: part of kohya's minimum key set
         "ss_base_model_version": base_model_version(family, prediction),
         "ss_v2": str(family is ModelFamily.SD2),
-        "modelspec.sai_model_spec": SAI_MODEL_SPEC,
-        "modelspec.architecture": modelspec_architecture(family, prediction),
-        "modelspec.implementation": SGM_IMPLEMENTATION if family is ModelFamily.SDXL else "diffusers",
-        "modelspec.resolution": f"{resolution}x{resolution}",
-        "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
-        "modelspec.date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **modelspec_metadata(
+            family,
+            prediction,
+            title=title,
+            resolution=_resolution(items),
+            trigger=", ".join(dict.fromkeys(triggers)),
+        ),
         "studio.version": studio_version(),
         "studio.bake_sources": json.dumps(sources),
-        **fields,
     }
-    if triggers:
-        metadata["modelspec.trigger_phrase"] = ", ".join(dict.fromkeys(triggers))
-    return metadata
 
 
 def bake_blend(
@@ -170,18 +172,17 @@ def bake_blend(
     rank_text = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
     overall = math.sqrt(residual_total / norm_total) if norm_total > 0 else 0.0
     method = "exact" if rank is None else "svd"
-    fields = {
-        "ss_network_dim": rank_text,
-        "ss_network_alpha": rank_text,
-        "ss_output_name": out.stem,
-        "modelspec.title": title or out.stem,
-        "studio.bake_method": method,
-    }
-    if method == "svd":
-        fields["studio.bake_relative_error"] = f"{overall:.6g}"
     scheduler = components.get("scheduler")
     if scheduler is not None:
         prediction = prediction_type(scheduler.config)
-    metadata = _metadata(items, family, prediction, **fields)
+    metadata = {
+        **_metadata(items, family, prediction, title or out.stem),
+        "ss_network_dim": rank_text,
+        "ss_network_alpha": rank_text,
+        "ss_output_name": out.stem,
+        "studio.bake_method": method,
+    }
+    if method == "svd":
+        metadata["studio.bake_relative_error"] = f"{overall:.6g}"
     save_kohya(out, lora, components, family, metadata, dtype=dtype)
     return BakeReport(out, method, len(lora), rank_text, errors, overall)

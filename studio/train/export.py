@@ -1,4 +1,9 @@
-"""Write the trained adapter: kohya file (+ A1111 sidecar) and/or diffusers file, with metadata."""
+"""Write the trained adapter: kohya file (+ A1111 sidecar) and/or diffusers file, with metadata.
+
+``training_info`` is the one place a ``TrainConfig`` becomes the file's metadata. Each option is
+either written there or named in ``NOT_IN_METADATA`` with the reason, and a test changes every
+option in turn, so a new option cannot be left out by accident.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,31 @@ from studio.formats.kohya import save_kohya
 from studio.formats.metadata import TrainingInfo, kohya_metadata
 from studio.models.loader import BaseModel
 
+NOT_IN_METADATA: dict[str, str] = {
+    "data": "a local path; the file keeps the dataset's folder names, sizes and tags instead",
+    "base": "the loaded base is named instead (ss_sd_model_name), which the caller may pass ready-made",
+    "base_config": "only how a single-file base was read, not which base it is",
+    "run_dir": "a local path for side outputs",
+    "format": "the file is the format",
+    "steps": "the run's resolved length is written (ss_max_train_steps, ss_steps)",
+    "epochs": "the run's resolved epochs are written (ss_num_epochs)",
+    "resolution": "the size trained at (the option or the model's own) is written (ss_resolution)",
+    "compile": "a speed switch: the trained adapter is the same without it",
+    "cuda_graphs": "a speed switch: the trained adapter is the same without it",
+    "channels_last": "a speed switch: the trained adapter is the same without it",
+    "fused_optimizer": "a speed switch: the trained adapter is the same without it",
+    "overlap_steps": "a speed switch: the trained adapter is the same without it",
+    "low_memory": "what it switches on is written as those options (checkpointing, text encoder, optimizer)",
+    "sample_every": "previews only",
+    "sample_prompts": "previews only",
+    "sample_steps": "previews only",
+    "checkpoint_every": "checkpoints only",
+    "keep_checkpoints": "checkpoints only",
+    "resume": "a resumed run trains the same adapter as an uninterrupted one",
+}
+
+_OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit"}
+
 
 def training_info(
     config: TrainConfig,
@@ -22,7 +52,9 @@ def training_info(
     steps: int,
     started: float,
     epochs: int = 1,
+    world_size: int = 1,
 ) -> TrainingInfo:
+    """What the file says about the run: ``config`` plus what the run resolved (size, length, GPUs)."""
     items = dataset.items
     return TrainingInfo(
         output_name=Path(config.output).stem,
@@ -30,7 +62,7 @@ def training_info(
         rank=config.rank,
         alpha=config.effective_alpha,
         trigger=config.trigger or "",
-        preset=config.preset,
+        layers=config.layers,
         train_text_encoder=config.train_text_encoder,
         prediction_type=base.prediction_type,
         resolution=(resolution, resolution),
@@ -39,23 +71,27 @@ def training_info(
         dataset_dirs=dataset_dirs(items),
         bucket_info=bucket_info(items),
         enable_bucket=True,
+        bucket_step=config.bucket_step,
         min_bucket_reso=min(min(b) for b in dataset.buckets),
         max_bucket_reso=max(max(b) for b in dataset.buckets),
         shuffle_caption=config.shuffle_tags,
         keep_tokens=config.keep_tokens,
         caption_dropout_rate=config.caption_dropout,
+        random_crop=config.random_crop,
         cache_latents=not config.random_crop,
         learning_rate=config.lr,
         unet_lr=config.lr,
         text_encoder_lr=config.effective_te_lr,
-        optimizer="AdamW8bit" if config.optimizer == "adamw8bit" else "AdamW",
+        optimizer=f"{_OPTIMIZERS[config.optimizer]}(weight_decay={config.weight_decay})",
         lr_scheduler=config.lr_scheduler,
         lr_warmup_steps=config.warmup_steps,
         max_train_steps=steps,
         epochs=epochs,
         batch_size=config.batch_size,
         grad_accum=config.gradient_accumulation,
+        world_size=world_size,
         gradient_checkpointing=config.gradient_checkpointing,
+        max_grad_norm=config.max_grad_norm,
         mixed_precision=config.mixed_precision,
         noise_offset=config.noise_offset or None,
         min_snr_gamma=config.min_snr_gamma,
@@ -75,9 +111,14 @@ def export_adapter(
     steps: int,
     started: float,
     epochs: int = 1,
+    world_size: int = 1,
 ) -> list[Path]:
-    """Write the files ``config.format`` asks for; returns their paths."""
-    metadata = kohya_metadata(training_info(config, base, dataset, resolution, steps, started, epochs))
+    """Write the files ``config.format`` asks for; returns their paths.
+
+    ``world_size``: the data-parallel processes, for the total batch size (``--gpus``).
+    """
+    info = training_info(config, base, dataset, resolution, steps, started, epochs, world_size)
+    metadata = kohya_metadata(info)
     output = Path(config.output)
     written = []
     if config.format in ("kohya", "both"):

@@ -157,7 +157,7 @@ def train(
     # 2. Adapter: frozen base in the compute dtype, LoRA parameters in fp32.
     torch.manual_seed(config.seed)
     inject_lora(
-        components, family, config.rank, config.effective_alpha, config.preset, config.train_text_encoder
+        components, family, config.rank, config.effective_alpha, config.layers, config.train_text_encoder
     )
     te_names = list(family.text_encoder_names)
     trainable = {"unet": components["unet"]}
@@ -278,7 +278,9 @@ def train(
         lora = extract_lora({**components, **unwrapped})
         settings = dataclasses.replace(config, output=str(output), format=file_format)
         epochs = math.ceil(steps / steps_per_epoch)
-        return export_adapter(settings, base, lora, dataset, resolution, steps, started, epochs)
+        return export_adapter(
+            settings, base, lora, dataset, resolution, steps, started, epochs, accelerator.num_processes
+        )
 
     def my_share(global_batch: list[int]) -> list[int]:
         """Positions in the global batch this process trains on (every process gets at least one)."""

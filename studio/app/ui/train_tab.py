@@ -16,7 +16,7 @@ from studio.app.progress import job_view
 from studio.app.ui.common import LIGHT, guard, int_or_none, number_or_none
 from studio.config import TrainConfig
 from studio.errors import StudioError
-from studio.lora.targets import PRESETS as LAYER_PRESETS
+from studio.options import Show, Spec, specs
 from studio.presets import PRESETS, get_preset
 from studio.samples import make_demo_dataset
 
@@ -24,64 +24,47 @@ DEFAULT_PRESET = "Quick demo (embedded model)"
 CAPTION_HEADERS = ["file", "caption", "status"]
 JOB_HEADERS = ["job", "name", "status", "progress", "created", "message"]
 
-# (TrainConfig field, widget factory): the advanced accordion, in display order.
-_ADVANCED: list[tuple[str, Any]] = [
-    ("steps", lambda v: gr.Number(value=v, label="Steps", precision=0, minimum=1)),
-    ("resolution", lambda v: gr.Number(value=v, label="Resolution (px; empty = the model's native size)", precision=0)),
-    ("batch_size", lambda v: gr.Number(value=v, label="Batch size", precision=0, minimum=1)),
-    ("gradient_accumulation", lambda v: gr.Number(value=v, label="Gradient accumulation", precision=0, minimum=1)),
-    ("rank", lambda v: gr.Number(value=v, label="Rank", precision=0, minimum=1)),
-    ("alpha", lambda v: gr.Number(value=v, label="Alpha (empty = rank/2)")),
-    ("preset", lambda v: gr.Dropdown(value=v, choices=list(LAYER_PRESETS), label="Layers")),
-    ("train_text_encoder", lambda v: gr.Checkbox(value=v, label="Train the text encoder")),
-    ("lr", lambda v: gr.Number(value=v, label="UNet learning rate")),
-    ("te_lr", lambda v: gr.Number(value=v, label="Text-encoder learning rate (empty = lr/2)")),
-    ("lr_scheduler", lambda v: gr.Dropdown(value=v, choices=
-        ["constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial"],
-        label="LR schedule", allow_custom_value=True)),
-    ("warmup_steps", lambda v: gr.Number(value=v, label="Warmup steps", precision=0, minimum=0)),
-    ("min_snr_gamma", lambda v: gr.Number(value=v, label="Min-SNR gamma (empty = off)")),
-    ("noise_offset", lambda v: gr.Number(value=v, label="Noise offset")),
-    ("caption_dropout", lambda v: gr.Number(value=v, label="Caption dropout (0-1)", minimum=0, maximum=1)),
-    ("shuffle_tags", lambda v: gr.Checkbox(value=v, label="Shuffle comma-separated tags")),
-    ("keep_tokens", lambda v: gr.Number(value=v, label="Keep first N tags in place", precision=0, minimum=0)),
-    ("seed", lambda v: gr.Number(value=v, label="Seed", precision=0)),
-    ("mixed_precision", lambda v: gr.Dropdown(value=v, choices=["auto", "no", "fp16", "bf16"], label="Mixed precision")),
-    ("gradient_checkpointing", lambda v: gr.Checkbox(value=v, label="Gradient checkpointing")),
-    ("sample_every", lambda v: gr.Number(value=v, label="Sample every N steps (0 = never)", precision=0, minimum=0)),
-    ("sample_steps", lambda v: gr.Number(value=v, label="Sampling steps", precision=0, minimum=1)),
-    ("sample_prompts", lambda v: gr.Textbox(value=v, label="Sample prompts (one per line; empty = trigger + two captions)", lines=2)),
-    ("checkpoint_every", lambda v: gr.Number(value=v, label="Checkpoint every N steps (0 = only at the end)", precision=0, minimum=0)),
-]  # fmt: skip
-_INTS = {f.name for f in dataclasses.fields(TrainConfig) if f.type in ("int", "int | None")}
-_OPTIONAL = {"alpha", "te_lr", "min_snr_gamma", "resolution", "steps"}
+# The advanced accordion: the options the table marks ADVANCED, in TrainConfig's order.
+_ADVANCED: list[Spec] = [spec for spec in specs(TrainConfig) if Show.ADVANCED in spec.option.show]
+
+
+def _widget(spec: Spec, value: Any) -> Any:
+    o = spec.option
+    if spec.kind is bool:
+        return gr.Checkbox(value=value, label=o.label)
+    if o.choices:
+        return gr.Dropdown(value=value, choices=list(o.choices), label=o.label)
+    if spec.kind is list:
+        return gr.Textbox(value=value, label=o.label, lines=2)
+    whole = spec.kind is int
+    return gr.Number(
+        value=value, label=o.label, precision=0 if whole else None, minimum=o.minimum, maximum=o.maximum
+    )
 
 
 def preset_values(name: str) -> list[Any]:
     """The advanced widgets' values for a preset (a preset is a partial TrainConfig)."""
     config = PRESETS[name].apply() if name in PRESETS else TrainConfig()
     values = []
-    for field, _ in _ADVANCED:
-        value = getattr(config, field)
-        values.append("\n".join(value) if field == "sample_prompts" else value)
+    for spec in _ADVANCED:
+        value = getattr(config, spec.name)
+        values.append("\n".join(value) if spec.kind is list else value)
     return values
 
 
+def _from_widget(spec: Spec, value: Any) -> Any:
+    """A widget's value as the option's type; an empty or 0 optional number means "not set"."""
+    if spec.kind is list:
+        return [line.strip() for line in (value or "").splitlines() if line.strip()]
+    if spec.kind in (int, float) and spec.optional:
+        return int_or_none(value) if spec.kind is int else number_or_none(value)
+    if spec.kind in (int, float):
+        return spec.kind(value or 0)
+    return value
+
+
 def config_from_widgets(values: list[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for (field, _), value in zip(_ADVANCED, values):
-        if field == "sample_prompts":
-            out[field] = [line.strip() for line in (value or "").splitlines() if line.strip()]
-        elif field in _OPTIONAL:
-            value = int_or_none(value) if field in _INTS else number_or_none(value)
-            out[field] = value
-        elif field in _INTS:
-            out[field] = int(value or 0)
-        elif isinstance(value, float) and field not in _INTS:
-            out[field] = float(value)
-        else:
-            out[field] = value
-    return out
+    return {spec.name: _from_widget(spec, value) for spec, value in zip(_ADVANCED, values)}
 
 
 def submit_job(ctx: AppContext, dataset: str, name: str, preset: str, base: str, hub_id: str,
@@ -183,9 +166,9 @@ def build(ctx: AppContext) -> gr.Tab:
                     pairs = list(zip(_ADVANCED, preset_values(DEFAULT_PRESET)))
                     for row in range(0, len(pairs), 2):
                         with gr.Row():
-                            for (field, factory), value in pairs[row : row + 2]:
-                                widget = factory(value)
-                                widget.elem_id = f"adv-{field.replace('_', '-')}"
+                            for spec, value in pairs[row : row + 2]:
+                                widget = _widget(spec, value)
+                                widget.elem_id = f"adv-{spec.name.replace('_', '-')}"
                                 advanced.append(widget)
                 with gr.Row():
                     start = gr.Button("Start", variant="primary", elem_id="train-start")
@@ -210,7 +193,7 @@ def build(ctx: AppContext) -> gr.Tab:
         timer = gr.Timer(1.0)
 
         # Dataset.
-        resolution = advanced[[name for name, _ in _ADVANCED].index("resolution")]
+        resolution = advanced[[spec.name for spec in _ADVANCED].index("resolution")]
 
         def load_dataset(choice: str, trigger_word: str, resolution: float | None = None):
             if not choice:
