@@ -8,7 +8,7 @@ first use, so ``import studio`` stays fast for the CLI.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from studio.config import TrainConfig
 
@@ -18,8 +18,12 @@ if TYPE_CHECKING:
 __all__ = ["TrainConfig", "train"]
 
 
-def train(config: TrainConfig, on_step: Callable[[StepEvent], None] | None = None) -> TrainResult:
-    """Train the adapter ``config`` describes and export it; ``on_step`` gets a ``StepEvent`` per step."""
+def train(config: TrainConfig, on_step: Callable[[StepEvent], Any] | None = None) -> TrainResult:
+    """Train the adapter ``config`` describes and export it; ``on_step`` gets a ``StepEvent`` per step.
+
+    ``on_step`` returning ``"stop"`` (or raising ``studio.errors.StopTraining``) ends the run
+    early with a checkpoint; the result then says ``stopped=True``.
+    """
     from studio.train.recipe import train as run_recipe
 
     return run_recipe(config, on_step)

@@ -34,3 +34,7 @@ class DatasetError(StudioError):
 
 class TrainingDiverged(StudioError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class StopTraining(Exception):  # noqa: N818 - a request, not an error
+    """Raised by an ``on_step`` callback to end a run early: it saves a checkpoint and returns."""

@@ -33,8 +33,8 @@ from studio.adapters import Adapter, load_adapter
 from studio.atomic import atomic_path
 from studio.compile_cache import use_persistent_compile_cache
 from studio.errors import StudioError
+from studio.families import Family, detect_family, get_family
 from studio.mixer import AdapterWeights, BlendEngine, BlendItem, PatchStats
-from studio.models.family import ModelFamily, detect_family
 from studio.recipes import PNG_KEY, GenerationSettings, Recipe, recipe_for
 
 # name -> (scheduler class, overrides of the base config, A1111 sampler name)
@@ -202,21 +202,24 @@ class GenerationSession:
         self,
         pipeline: Any,
         base: str,
-        family: ModelFamily | None = None,
+        family: Family | str | None = None,
         *,
         cache_bytes: int | None = None,
         fast: FastPath = PLAIN,
     ):
         self.pipeline = pipeline
         self.base = base
-        self.family = family or detect_family(pipeline.components)
+        self.model_family = get_family(family) if family else detect_family(pipeline.components)
+        # What adapter files are checked against (and baked as): a variant loads its parent's files.
+        self.family = self.model_family.adapter_family
         self.engine = BlendEngine.for_pipeline(pipeline, cache_bytes=cache_bytes)
         self.items: list[BlendItem] = []
         self._scheduler_config = pipeline.scheduler.config
         self.fast = fast
-        self._compiled = _compile_unet(pipeline.unet, fast) if fast.compile else None
+        self.denoiser = pipeline.components[self.model_family.denoiser]
+        self._compiled = _compile_unet(self.denoiser, fast) if fast.compile else None
         if fast.channels_last:
-            pipeline.unet.to(memory_format=torch.channels_last)
+            self.denoiser.to(memory_format=torch.channels_last)
         # CUDA graph trees are kept per thread: a thread of its own keeps one set of graphs
         # whichever thread (a web server's pool) asks for the image.
         self._runner = ThreadPoolExecutor(1, "studio-generate", _graph_thread) if fast.compile else None
@@ -249,8 +252,9 @@ class GenerationSession:
         )
 
     def native_size(self) -> tuple[int, int]:
-        unet_size = self.pipeline.unet.config.sample_size
-        size = unet_size * self.pipeline.vae_scale_factor
+        """The size the denoiser was built for, in pixels."""
+        side = self.denoiser.config.sample_size
+        size = side * self.pipeline.vae_scale_factor
         return size, size
 
     def generate(self, settings: GenerationSettings) -> list[GeneratedImage]:
@@ -289,7 +293,7 @@ class GenerationSession:
         """Give the base back unpatched (bit-exact), eager and in its own memory layout."""
         self.engine.restore()
         self.items = []
-        unet = self.pipeline.unet
+        unet = self.denoiser
         if self._compiled is not None and vars(unet).get("forward") is self._compiled:
             del unet.forward
         if self._runner:

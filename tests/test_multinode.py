@@ -181,11 +181,6 @@ def test_only_the_rank_0_node_writes_files(two_nodes):
     assert [p for p in other.rglob("*") if p.is_file()] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="studio/train/recipe.py creates the run directory on every process "
-    "(run_dir.mkdir before `if accelerator.is_main_process`); fix: mkdir on the main process only",
-)
 def test_other_nodes_create_not_even_an_empty_run_directory(two_nodes):
     """So --output need only be writable on the rank-0 node."""
     other = two_nodes.dirs[1 - two_nodes.writer]

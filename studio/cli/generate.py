@@ -150,7 +150,7 @@ def blend_from_args(
     used: set[str] = set()
     for spec in specs:
         path, weight = parse_lora(spec)
-        adapter: Adapter = load_adapter(path, base.components, base.family, strict=args.strict)
+        adapter: Adapter = load_adapter(path, base.components, base.family.adapter_family, strict=args.strict)
         if any(item.adapter.name == adapter.name for item in items):
             raise StudioError(f"two adapters are named {adapter.name!r}; rename one file", path=path)
         names = {adapter.name, path}
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         check_files(args.lora)
         base_spec = args.base if recipe is None or args.base != "default" else recipe.base
         base = load_base_model(base_spec)
-        items = load_blend(recipe, base.components, base.family, args.recipe) if recipe else []
+        items = load_blend(recipe, base.components, base.family.adapter_family, args.recipe) if recipe else []
         items = blend_from_args(args, args.lora, base, items)
         settings = settings_from_args(args, recipe.settings if recipe else None)
         paths = output_paths(args.out, settings.batch)

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.run_dir:
             rows = [
-                (label, load_adapter(path, base.components, base.family))
+                (label, load_adapter(path, base.components, base.family.adapter_family))
                 for label, path in run_adapters(args.run_dir)
             ]
             image = checkpoint_weight_grid(session, rows, weights, settings)

@@ -17,16 +17,16 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from studio.families import Family
 from studio.lora.targets import all_targets
 from studio.lora.tensors import LoraTensors
-from studio.models.family import ModelFamily
 
 ADAPTER = "default"
 
 
 def inject_lora(
     components: dict[str, Any],
-    family: ModelFamily,
+    family: Family,
     rank: int = 16,
     alpha: float | None = None,
     preset: str = "cross-attn",

@@ -1,38 +1,36 @@
-"""The one value the rest of the code branches on: which Stable Diffusion family a base is."""
+"""``ModelFamily``: the ids of the built-in families, kept so existing code need not change.
+
+``ModelFamily.SDXL`` *is* the SDXL ``Family`` object (``studio/families/sdxl``), so
+``family is ModelFamily.SDXL`` and ``family.text_encoder_names`` work as they did when this
+was an enum; ``ModelFamily("sd1")`` looks an id up in the registry (registered families
+included) and ``list(ModelFamily)`` gives the three built-in ones.
+"""
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Iterator
 from typing import Any
 
+from studio.families import SD1, SD2, SDXL, Family, detect_family, get_family
 
-class ModelFamily(str, enum.Enum):
-    SD1 = "sd1"
-    SD2 = "sd2"
-    SDXL = "sdxl"
-
-    @property
-    def text_encoder_names(self) -> tuple[str, ...]:
-        """Pipeline attribute names of the text encoders, in kohya order (te1, te2)."""
-        return ("text_encoder", "text_encoder_2") if self is ModelFamily.SDXL else ("text_encoder",)
-
-    @property
-    def default_resolution(self) -> int:
-        return {ModelFamily.SD1: 512, ModelFamily.SD2: 768, ModelFamily.SDXL: 1024}[self]
+__all__ = ["Family", "ModelFamily", "detect_family", "prediction_type"]
 
 
-def detect_family(components: dict[str, Any]) -> ModelFamily:
-    """Tell the family from loaded components (not from names or file paths).
+class _BuiltinIds(type):
+    def __call__(cls, value: Family | str) -> Family:  # type: ignore[override]
+        return get_family(value)
 
-    SDXL conditions on pooled text + size ids (``addition_embed_type == "text_time"``) and has a
-    second text encoder; SD 2.x uses linear attention projections, SD 1.x uses 1x1 convs.
-    """
-    unet_config = components["unet"].config
-    if getattr(unet_config, "addition_embed_type", None) == "text_time" or components.get("text_encoder_2"):
-        return ModelFamily.SDXL
-    if getattr(unet_config, "use_linear_projection", False):
-        return ModelFamily.SD2
-    return ModelFamily.SD1
+    def __iter__(cls) -> Iterator[Family]:
+        return iter((SD1, SD2, SDXL))
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return isinstance(instance, Family)
+
+
+class ModelFamily(metaclass=_BuiltinIds):
+    SD1 = SD1
+    SD2 = SD2
+    SDXL = SDXL
 
 
 def prediction_type(scheduler_config: Any) -> str:

@@ -16,17 +16,18 @@ from typing import Any
 import torch
 
 from studio.errors import StudioError
+from studio.families import Family, detect_family, family_for_checkpoint
 from studio.formats.safetensors_io import PICKLE_SUFFIXES, read_header, refuse_pickle
 from studio.models.default import default_model_dir
-from studio.models.family import ModelFamily, detect_family, prediction_type
+from studio.models.family import prediction_type
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass
 class BaseModel:
-    pipeline: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline
-    family: ModelFamily
+    pipeline: Any  # the family's pipeline class (StableDiffusionPipeline, StableDiffusionXLPipeline...)
+    family: Family
     prediction_type: str  # "epsilon" or "v_prediction"
     source: str  # what the user passed: "default", a path or a hub id
 
@@ -44,21 +45,6 @@ def _finish(pipeline: Any, source: str) -> BaseModel:
     return BaseModel(
         pipeline, detect_family(pipeline.components), prediction_type(pipeline.scheduler.config), source
     )
-
-
-def _family_from_checkpoint_keys(keys: set[str]) -> ModelFamily:
-    """Original (LDM/SGM) single-file checkpoints, told apart by their text-encoder keys."""
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return ModelFamily.SDXL
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return ModelFamily.SD2
-    return ModelFamily.SD1
-
-
-def _pipeline_class(family: ModelFamily):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if family is ModelFamily.SDXL else StableDiffusionPipeline
 
 
 def _load_folder(path: Path, dtype: torch.dtype) -> Any:
@@ -89,14 +75,14 @@ def _load_folder(path: Path, dtype: torch.dtype) -> Any:
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
     header = read_header(path)
-    family = _family_from_checkpoint_keys(set(header.tensors))
+    family = family_for_checkpoint(set(header.tensors))
     kwargs: dict[str, Any] = {"dtype": dtype}
     if config:
         kwargs["config"] = config
     if os.environ.get("HF_HUB_OFFLINE") == "1" or config:
         kwargs["local_files_only"] = True
     try:
-        return _pipeline_class(family).from_single_file(str(path), **kwargs)
+        return family.load_single_file(path, **kwargs)
     except Exception as exc:  # diffusers raises many types here; all mean "could not resolve or convert"
         raise StudioError(
             f"could not load this {family.value} single-file checkpoint ({type(exc).__name__}: {exc})".replace(

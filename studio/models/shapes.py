@@ -15,9 +15,7 @@ from studio.adapters.family import FAMILY_NAMES, declared_family, family_from_sh
 from studio.errors import StudioError
 from studio.formats.safetensors_io import load_tensors
 from studio.models.configs import build_meta_components
-from studio.models.family import ModelFamily
-
-_ARCHITECTURES = {ModelFamily.SD1: "sd15", ModelFamily.SD2: "sd21", ModelFamily.SDXL: "sdxl"}
+from studio.models.family import Family
 
 
 @dataclass
@@ -25,12 +23,12 @@ class ShapeBase:
     """The parts of ``BaseModel`` that loading and baking adapters use."""
 
     components: dict[str, Any]
-    family: ModelFamily
+    family: Family
     prediction_type: str
     source: str
 
 
-def _what_file_says(path: Path) -> tuple[ModelFamily | None, str]:
+def _what_file_says(path: Path) -> tuple[Family | None, str]:
     tensors, metadata = load_tensors(path)
     family = declared_family(tensors, metadata)[0] or family_from_shapes(tensors)
     v = metadata.get("ss_base_model_version") == "sd_v2_v" or metadata.get("modelspec.prediction_type") == "v"
@@ -53,6 +51,8 @@ def shape_base_for(paths: list[str | Path]) -> ShapeBase:
     family = families.pop()
     predictions = {prediction for _, prediction in found.values()}
     prediction = "v_prediction" if "v_prediction" in predictions else "epsilon"
-    return ShapeBase(
-        build_meta_components(_ARCHITECTURES[family]), family, prediction, _ARCHITECTURES[family]
-    )
+    if family.full_size is None:
+        raise StudioError(
+            f"there is no full-size {family.display_name} architecture to merge on; pass --base"
+        )
+    return ShapeBase(build_meta_components(family.full_size), family, prediction, family.full_size)

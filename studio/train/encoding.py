@@ -1,9 +1,9 @@
 """Turn captions and images into what the UNet consumes, with caches keyed by content.
 
-Text: SD 1.x/2.x use the text encoder's last hidden state; SDXL concatenates both
-encoders' penultimate hidden states and adds the second encoder's pooled output plus
-size/crop ids. Latents: the VAE's distribution mode, so a cached latent is the same
-every time it is read (the cache key is the sample, never the step).
+Text: the family says how (``Family.encode_text``; SD 1.x/2.x use the text encoder's last
+hidden state, SDXL both encoders' penultimate ones plus the second's pooled output).
+Latents: the VAE's distribution mode, so a cached latent is the same every time it is
+read (the cache key is the sample, never the step).
 """
 
 from __future__ import annotations
@@ -13,46 +13,18 @@ from typing import Any
 
 import torch
 
-from studio.models.family import ModelFamily
+from studio.families import Family, TextEmbeddings, get_family
+from studio.families.sdxl import sdxl_time_ids
+from studio.families.stable_diffusion import tokenize
 
-
-def tokenize(tokenizer: Any, captions: list[str], device: torch.device) -> torch.Tensor:
-    ids = tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    return ids.to(device)
+__all__ = ["ContentCache", "encode_latents", "encode_text", "sdxl_time_ids", "tokenize"]
 
 
 def encode_text(
-    components: dict[str, Any], family: ModelFamily, captions: list[str], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(encoder_hidden_states, pooled)``; pooled is None outside SDXL."""
-    if family is not ModelFamily.SDXL:
-        ids = tokenize(components["tokenizer"], captions, device)
-        return components["text_encoder"](ids)[0], None
-    hidden = []
-    pooled = None
-    for te_name, tok_name in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
-        out = components[te_name](tokenize(components[tok_name], captions, device), output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-        if te_name == "text_encoder_2":
-            pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
-    return torch.cat(hidden, dim=-1), pooled
-
-
-def sdxl_time_ids(
-    original_sizes: list[tuple[int, int]],
-    crops: list[tuple[int, int]],
-    target: tuple[int, int],
-    device: torch.device,
-) -> torch.Tensor:
-    """SDXL size conditioning: original (h, w), crop top-left (y, x), target (h, w) per sample."""
-    rows = [list(o) + list(c) + list(target) for o, c in zip(original_sizes, crops)]
-    return torch.tensor(rows, dtype=torch.float32, device=device)
+    components: dict[str, Any], family: Family | str, captions: list[str], device: torch.device
+) -> TextEmbeddings:
+    """``(encoder_hidden_states, pooled)`` as ``family`` conditions on them; pooled is None outside SDXL."""
+    return get_family(family).encode_text(components, captions, device)
 
 
 @torch.no_grad()

@@ -1,0 +1,118 @@
+"""What SD 1.x, SD 2.x and SDXL share: a UNet trained on DDPM noise, CLIP text, kohya's names.
+
+The family folders subclass ``StableDiffusionFamily`` and change only what differs (text
+conditioning, detection, the tiny UNet). A flow-matching transformer family (SD3, Flux)
+subclasses ``Family`` directly instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from studio.families.base import DenoiserInput, Family, TextEmbeddings
+
+_ATTN_PROJ = r"(to_q|to_k|to_v|to_out\.0)"
+_CLIP_ATTN = r"\.self_attn\.(q_proj|k_proj|v_proj|out_proj)$"
+
+# ``cross-attn`` (default) adapts the cross-attention projections, where text meets image and
+# where a style lives; ``full`` matches kohya sd-scripts' default coverage (every Linear and
+# 1x1 conv inside the transformer blocks), so module counts equal sd-scripts' "create LoRA
+# for ..." lines: SD 1.5 192 + 72, SDXL 722 + 264.
+UNET_LORA_PATTERNS = {
+    "cross-attn": {
+        "denoiser": rf"\.transformer_blocks\.\d+\.attn2\.{_ATTN_PROJ}$",
+        "text_encoder": _CLIP_ATTN,
+    },
+    "attn": {
+        "denoiser": rf"\.transformer_blocks\.\d+\.attn[12]\.{_ATTN_PROJ}$",
+        "text_encoder": _CLIP_ATTN,
+    },
+    "full": {
+        "denoiser": rf"(\.transformer_blocks\.\d+\.(attn[12]\.{_ATTN_PROJ}|ff\.net\.0\.proj|ff\.net\.2)"
+        r"|\.attentions\.\d+\.(proj_in|proj_out))$",
+        "text_encoder": r"\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))$",
+    },
+}
+
+
+def tokenize(tokenizer: Any, captions: list[str], device: Any) -> torch.Tensor:
+    ids = tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return ids.to(device)
+
+
+class StableDiffusionFamily(Family):
+    """SD 1.x-style behaviour: one CLIP encoder's last hidden state, epsilon or v prediction."""
+
+    text_encoders = (("text_encoder", "tokenizer"),)
+    lora_patterns = UNET_LORA_PATTERNS
+
+    @property
+    def pipeline_class(self) -> type:
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline
+
+    def encode_text(self, components: dict[str, Any], captions: list[str], device: Any) -> TextEmbeddings:
+        ids = tokenize(components["tokenizer"], captions, device)
+        return components["text_encoder"](ids)[0], None
+
+    def training_scheduler(self, pipeline: Any) -> Any:
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(pipeline.scheduler.config)
+
+    def sample_timesteps(self, scheduler: Any, batch: int, generator: torch.Generator) -> torch.Tensor:
+        from studio.train.loss import sample_timesteps
+
+        return sample_timesteps(batch, scheduler.config.num_train_timesteps, generator)
+
+    def noisy_latents(self, scheduler: Any, latents: Any, noise: Any, timesteps: Any) -> torch.Tensor:
+        return scheduler.add_noise(latents, noise, timesteps)
+
+    def training_target(self, scheduler: Any, latents: Any, noise: Any, timesteps: Any) -> torch.Tensor:
+        from studio.train.loss import diffusion_target
+
+        return diffusion_target(scheduler, latents, noise, timesteps)
+
+    def training_loss(
+        self, prediction: Any, target: Any, timesteps: Any, scheduler: Any, min_snr_gamma: float | None
+    ) -> torch.Tensor:
+        from studio.train.loss import diffusion_loss
+
+        return diffusion_loss(prediction, target, timesteps, scheduler, min_snr_gamma)
+
+    def added_conditioning(self, batch: DenoiserInput, dtype: torch.dtype) -> dict[str, Any] | None:
+        """Extra UNet inputs besides the text's hidden states (none before SDXL)."""
+        return None
+
+    def predict(self, denoiser: Any, batch: DenoiserInput, dtype: torch.dtype) -> torch.Tensor:
+        hidden = batch.text[0].to(dtype)
+        added = self.added_conditioning(batch, dtype)
+        return denoiser(batch.noisy, batch.timesteps, hidden, added_cond_kwargs=added, return_dict=False)[0]
+
+    def kohya_name(self, ref: Any, denoiser_config: Any) -> str:
+        from studio.formats.kohya_names import kohya_name
+
+        return kohya_name(ref, self.adapter_family, denoiser_config)
+
+    def modelspec_architecture(self, prediction_type: str) -> str:
+        from studio.formats.metadata import modelspec_architecture
+
+        return modelspec_architecture(self.adapter_family, prediction_type)
+
+    def layer_group(self, component: str, path: str) -> tuple[str, str | None] | None:
+        from studio.mixer.blend import unet_block
+
+        return unet_block(path) if component == self.denoiser else None
+
+
+def is_unet_pipeline(components: dict[str, Any]) -> bool:
+    return components.get("unet") is not None and hasattr(components["unet"], "config")

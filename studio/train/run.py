@@ -1,0 +1,337 @@
+"""Set-up of a training run: everything the step and the hooks share, built once, in one object.
+
+``setup_run`` reads top to bottom as the run's preparation: devices and precision, data,
+the base with its LoRA attached, optimizer and schedule, resume, caches. The resulting
+``TrainRun`` holds the models, optimizer, caches and position (``state``); the step
+(``studio/train/step.py``) and the hooks (``studio/train/hooks.py``) read and advance it.
+Everything model-specific is asked of ``run.family``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import cast_training_params
+from tqdm.auto import tqdm
+
+from studio.config import TrainConfig
+from studio.data import DatasetConfig, ScannedDataset, epoch_batches, expand_samples, load_training_image
+from studio.families import Family
+from studio.lora.inject import extract_lora, inject_lora
+from studio.models.loader import BaseModel, load_base
+from studio.train.checkpoint import (
+    TrainingState,
+    checkpoint_adapter_name,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from studio.train.data_parallel import broadcast_parameters
+from studio.train.encoding import ContentCache, encode_latents
+from studio.train.export import export_adapter
+from studio.train.metrics import trim_metrics
+from studio.train.optim import build_lr_scheduler, build_optimizer
+
+
+@dataclass
+class TrainRun:
+    """One run in progress: its models, optimizer, caches, schedule and position."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    weight_dtype: torch.dtype
+    base: BaseModel
+    data_config: DatasetConfig
+    dataset: ScannedDataset
+    resolution: int
+    trainable: dict[str, torch.nn.Module]  # component -> model with LoRA parameters
+    samples: list[int] = field(default_factory=list)  # item index per (image, repeat)
+    models: dict[str, Any] = field(default_factory=dict)  # the same, prepared (and maybe compiled)
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    optimizer: Any = None
+    lr_scheduler: Any = None
+    noise_scheduler: Any = None
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    state: TrainingState = field(default_factory=lambda: TrainingState(0, 0, []))
+    global_batch: int = 1  # samples per micro-step over all processes
+    batches_per_epoch: int = 1
+    steps_per_epoch: int = 1
+    total_steps: int = 0
+    latent_cache: ContentCache | None = None
+    text_cache: ContentCache | None = None
+    parked: list[str] = field(default_factory=list)  # components waiting on the CPU (low memory)
+    started: float = field(default_factory=time.time)
+    _epoch: tuple[int, list[list[int]]] | None = None
+
+    @property
+    def family(self) -> Family:
+        return self.base.family
+
+    @property
+    def components(self) -> dict[str, Any]:
+        return self.base.components
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def items(self) -> list[Any]:
+        return self.dataset.items
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.effective_run_dir
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.channels_last else torch.contiguous_format
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.config.cuda_graphs and self.device.type == "cuda"
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's global batches (the last epoch's are kept; the loop asks per micro-step)."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, epoch_batches(self.items, self.global_batch, self.config.seed, epoch))
+        return self._epoch[1]
+
+    def my_share(self, global_batch: list[int]) -> list[int]:
+        """Positions in the global batch this process trains on (every process gets at least one)."""
+        n = self.accelerator.num_processes
+        positions = list(range(len(global_batch)))
+        positions = (positions * n)[: max(n, len(positions))]  # repeat a batch smaller than n
+        return positions[self.accelerator.process_index :: n]
+
+    def latent(self, index: int, rng: random.Random | None) -> tuple[torch.Tensor, Any, Any]:
+        """``(latent, original size, crop)`` of item ``index``; a random crop when ``rng`` is given."""
+        item = self.items[index]
+        pixels, original_size, crop = load_training_image(item, item.bucket, rng)
+        latent = encode_latents(self.components["vae"], pixels[None]).to(self.weight_dtype)[0]
+        return latent, original_size, crop
+
+    def export(self, output: Path, file_format: str, steps: int) -> list[Path]:
+        """Write the adapter as it is now (kohya and/or diffusers files, with metadata)."""
+        unwrapped = {
+            k: self.accelerator.unwrap_model(v, keep_torch_compile=False) for k, v in self.models.items()
+        }
+        lora = extract_lora({**self.components, **unwrapped})
+        settings = dataclasses.replace(self.config, output=str(output), format=file_format)
+        epochs = math.ceil(steps / self.steps_per_epoch)
+        # Adapter files follow the adapter family's conventions (a variant writes its parent's files).
+        base = dataclasses.replace(self.base, family=self.family.adapter_family)
+        return export_adapter(
+            settings, base, lora, self.dataset, self.resolution, steps, self.started, epochs,
+            self.accelerator.num_processes,
+        )  # fmt: skip
+
+    def save_checkpoint(self, with_adapter: bool = False) -> Path:
+        """A checkpoint of the current step; ``with_adapter`` adds a usable kohya file inside it."""
+        path = save_checkpoint(
+            self.run_dir, self.state, self.trainable, self.optimizer, self.lr_scheduler, self.generator,
+            self.config.to_dict(), self.config.keep_checkpoints,
+        )  # fmt: skip
+        if with_adapter:
+            step = self.state.step
+            self.export(path / checkpoint_adapter_name(self.config.output, step), "kohya", step)
+        return path
+
+    def adapter_in(self, checkpoint: Path) -> Path:
+        return checkpoint / checkpoint_adapter_name(self.config.output, self.state.step)
+
+
+def mixed_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def low_memory(config: TrainConfig) -> TrainConfig:
+    """What ``low_memory`` switches on (8-bit Adam only where bitsandbytes is installed)."""
+    if not config.low_memory:
+        return config
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available()
+    return dataclasses.replace(
+        config,
+        gradient_checkpointing=True,
+        train_text_encoder=False,
+        optimizer="adamw8bit" if has_bnb else config.optimizer,
+    )
+
+
+def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
+    """Everything up to the first step; ``base`` trains on an already loaded model."""
+    config.validate()
+    config = low_memory(config)
+    config = dataclasses.replace(config, mixed_precision=mixed_precision(config.mixed_precision))
+    started = time.time()
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        cpu=not torch.cuda.is_available(),  # several CPU processes (tests) talk over gloo
+    )
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+    base = base or load_base(config.base, config=config.base_config)
+    resolution = config.resolution or base.family.default_resolution
+    data_config, dataset = _scan(config, resolution, accelerator)
+    torch.manual_seed(config.seed)
+    trainable = _attach_adapter(config, base, accelerator.device, weight_dtype)
+    run = TrainRun(
+        config, accelerator, weight_dtype, base, data_config, dataset, resolution, trainable, started=started
+    )
+    run.samples = expand_samples(dataset.items)
+    _schedule(run)
+    _optimizer(run)
+    run.generator.manual_seed(config.seed)
+    if accelerator.is_main_process:  # other nodes of a multi-machine run may not share the folder
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run.run_dir / "config.toml")
+    if config.resume:
+        _resume(run)
+    run.noise_scheduler = run.family.training_scheduler(base.pipeline)
+    _caches(run)
+    _park(run)
+    return run
+
+
+def _scan(
+    config: TrainConfig, resolution: int, accelerator: Accelerator
+) -> tuple[DatasetConfig, ScannedDataset]:
+    from studio.data import scan_dataset
+
+    data_config = DatasetConfig(
+        root=config.data,
+        trigger=config.trigger,
+        resolution=resolution,
+        bucket_step=config.bucket_step,
+        random_crop=config.random_crop,
+        shuffle_tags=config.shuffle_tags,
+        keep_tokens=config.keep_tokens,
+        caption_dropout=config.caption_dropout,
+    )
+    dataset = scan_dataset(data_config)
+    for warning in dataset.warnings:
+        accelerator.print(f"warning: {warning}")
+    return data_config, dataset
+
+
+def _attach_adapter(
+    config: TrainConfig, base: BaseModel, device: torch.device, weight_dtype: torch.dtype
+) -> dict[str, torch.nn.Module]:
+    """LoRA on the base: frozen base in the compute dtype (VAE in fp32), LoRA parameters in fp32."""
+    family, components = base.family, base.components
+    inject_lora(
+        components, family, config.rank, config.effective_alpha, config.layers, config.train_text_encoder
+    )
+    te_names = list(family.text_encoder_names)
+    trainable = {family.denoiser: components[family.denoiser]}
+    if config.train_text_encoder:
+        trainable.update({name: components[name] for name in te_names})
+    for name in ("vae", family.denoiser, *te_names):
+        dtype = torch.float32 if name == "vae" else weight_dtype
+        components[name].to(device)
+        if components[name].dtype != dtype:
+            components[name].to(dtype=dtype)
+    cast_training_params(list(trainable.values()), dtype=torch.float32)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    components[family.denoiser].to(memory_format=memory_format)
+    if config.gradient_checkpointing:
+        components[family.denoiser].enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            for name in te_names:
+                components[name].gradient_checkpointing_enable({"use_reentrant": False})
+    return trainable
+
+
+def _schedule(run: TrainRun) -> None:
+    """Steps of the run. Data parallel: every process walks the same global batches (batch_size
+    per process) and takes its share, so N GPUs see what one GPU sees at N times the batch."""
+    config = run.config
+    run.global_batch = config.batch_size * run.accelerator.num_processes
+    run.batches_per_epoch = len(epoch_batches(run.items, run.global_batch, config.seed, 0))
+    run.steps_per_epoch = max(1, run.batches_per_epoch // config.gradient_accumulation)
+    run.total_steps = config.steps or run.steps_per_epoch * (config.epochs or 10)
+
+
+def _optimizer(run: TrainRun) -> None:
+    """AdamW groups (denoiser lr, text-encoder lr), the lr schedule, and the models prepared."""
+    config, accelerator, denoiser = run.config, run.accelerator, run.family.denoiser
+    groups = []  # the denoiser first, then each text encoder (their own lr)
+    for name, model in run.trainable.items():
+        lr = config.lr if name == denoiser else config.effective_te_lr
+        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": lr})
+    optimizer = build_optimizer(
+        groups, config.optimizer, config.lr, config.weight_decay, run.device, config.fused_optimizer
+    )
+    run.lr_scheduler = build_lr_scheduler(
+        config.lr_scheduler, optimizer, config.warmup_steps, run.total_steps
+    )
+    # Mixed precision only, no DDP wrapper: on several GPUs the gradients are averaged by hand,
+    # once per step (studio/train/data_parallel.py).
+    run.models = {k: accelerator.prepare_model(m, evaluation_mode=True) for k, m in run.trainable.items()}
+    run.optimizer = accelerator.prepare(optimizer)
+    run.params = [p for m in run.models.values() for p in m.parameters() if p.requires_grad]
+    broadcast_parameters(run.params)
+    if config.compile or config.cuda_graphs:
+        from studio.compile_cache import use_persistent_compile_cache
+
+        # Here rather than through accelerate's dynamo plugin: that setting lives in a per-process
+        # singleton, so a second run in one process (the app's worker) would silently skip it.
+        # The whole UNet, not its repeated blocks: block-wise compiling recompiled per shape and
+        # ran slower here (see BENCHMARKS.md).
+        use_persistent_compile_cache()
+        mode = "reduce-overhead" if run.cuda_graphs else None
+        run.models[denoiser] = torch.compile(run.models[denoiser], mode=mode)
+
+
+def _resume(run: TrainRun) -> None:
+    checkpoint = resolve_checkpoint(run.config.resume)
+    run.state = load_checkpoint(checkpoint, run.trainable, run.optimizer, run.lr_scheduler, run.generator)
+    run.accelerator.print(f"resumed from {checkpoint} at step {run.state.step}")
+    if run.accelerator.is_main_process:
+        trim_metrics(run.run_dir, run.state.step)
+
+
+def _caches(run: TrainRun) -> None:
+    """Latents by (image, bucket), frozen text outputs by caption text."""
+    run.latent_cache = ContentCache(lambda index: run.latent(index, None))
+    if not run.config.random_crop:
+        quiet = not run.accelerator.is_main_process
+        for index in tqdm(range(len(run.items)), desc="caching latents", disable=quiet):
+            run.latent_cache.get(index)
+    encode = torch.no_grad()(run.family.encode_text)
+    run.text_cache = ContentCache(
+        lambda caption: tuple(
+            t if t is None else t.detach() for t in encode(run.components, [caption], run.device)
+        )
+    )
+
+
+def _park(run: TrainRun) -> None:
+    """Low memory: once everything they produce is cached, the VAE and frozen text encoders wait
+    on the CPU (previews bring them back for a moment)."""
+    config = run.config
+    if config.low_memory and not config.random_crop:
+        run.parked.append("vae")
+    if config.low_memory and not config.train_text_encoder and not config.shuffle_tags:
+        for caption in {item.caption for item in run.items} | {""}:
+            run.text_cache.get(caption)
+        run.parked += list(run.family.text_encoder_names)
+    for name in run.parked:
+        run.components[name].to("cpu")
+    if run.parked and run.device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,103 @@
+"""One training step: a global batch -> its loss -> backward -> (at the boundary) the optimizer.
+
+``make_batch`` draws what the batch needs (latents, captions, noise, timesteps) and
+``train_step`` runs it; the family decides how noise is added, what the target is, how the
+denoiser is called and how the loss is weighed. All randomness comes from the run's seed
+and its generator, so a resumed run replays exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from studio.data import caption_for_sample
+from studio.families import DenoiserInput, TextEmbeddings
+from studio.train.data_parallel import average_gradients
+from studio.train.loss import sample_noise
+from studio.train.run import TrainRun
+
+
+@dataclass
+class Batch:
+    """This process's share of one global batch, on the device."""
+
+    size: int  # samples in the global batch (all processes)
+    latents: torch.Tensor
+    captions: list[str]
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    original_sizes: list[Any]
+    crops: list[Any]
+
+
+def make_batch(run: TrainRun, everyone: list[int], epoch: int) -> Batch:
+    """Latents, captions, noise and timesteps for this process's share of ``everyone``."""
+    config, device = run.config, run.device
+    mine = run.my_share(everyone)
+    batch = [everyone[i] for i in mine]
+    rngs = [random.Random(f"{config.seed}:{epoch}:{s}") for s in batch]
+    encoded = [_latent(run, s, rng) for s, rng in zip(batch, rngs)]
+    latents = torch.stack([e[0] for e in encoded]).to(device).contiguous(memory_format=run.memory_format)
+    captions = [
+        caption_for_sample(run.items[run.samples[s]], run.data_config, rng) for s, rng in zip(batch, rngs)
+    ]
+    # Noise and timesteps are drawn for the whole global batch, so they follow the sample, not the process.
+    noise = sample_noise((len(everyone), *latents.shape[1:]), run.generator, config.noise_offset)[mine]
+    timesteps = run.family.sample_timesteps(run.noise_scheduler, len(everyone), run.generator)[mine]
+    noise = noise.to(device, latents.dtype, non_blocking=True).contiguous(memory_format=run.memory_format)
+    timesteps = timesteps.to(device, non_blocking=True)
+    sizes, crops = [e[1] for e in encoded], [e[2] for e in encoded]
+    return Batch(len(everyone), latents, captions, noise, timesteps, sizes, crops)
+
+
+def _latent(run: TrainRun, sample: int, rng: random.Random) -> tuple[torch.Tensor, Any, Any]:
+    index = run.samples[sample]
+    if not run.config.random_crop:
+        return run.latent_cache.get(index)
+    return run.latent(index, rng)
+
+
+def _text(run: TrainRun, captions: list[str]) -> TextEmbeddings:
+    """Text conditioning: encoded now when the text encoders train, else from the cache."""
+    if run.config.train_text_encoder:
+        return run.family.encode_text(run.components, captions, run.device)
+    encoded = [run.text_cache.get(caption) for caption in captions]
+    hidden, pooled = (None if parts[0] is None else torch.cat(parts) for parts in zip(*encoded))
+    return hidden, pooled
+
+
+def _pixel_size(run: TrainRun, latents: torch.Tensor) -> tuple[int, int]:
+    scale = 2 ** (len(run.components["vae"].config.block_out_channels) - 1)
+    return latents.shape[-2] * scale, latents.shape[-1] * scale
+
+
+def train_step(run: TrainRun, batch: Batch) -> torch.Tensor:
+    """Forward, loss and backward of one micro-batch; the optimizer steps when accumulation is
+    complete. Returns the loss, detached and (several processes) averaged, still on the device."""
+    family, accelerator, scheduler = run.family, run.accelerator, run.noise_scheduler
+    if run.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
+    with accelerator.accumulate(*run.models.values()):
+        text = _text(run, batch.captions)
+        noisy = family.noisy_latents(scheduler, batch.latents, batch.noise, batch.timesteps)
+        inputs = DenoiserInput(
+            noisy, batch.timesteps, text, batch.original_sizes, batch.crops, _pixel_size(run, batch.latents)
+        )
+        prediction = family.predict(run.models[family.denoiser], inputs, run.weight_dtype)
+        target = family.training_target(scheduler, batch.latents, batch.noise, batch.timesteps)
+        loss = family.training_loss(prediction, target, batch.timesteps, scheduler, run.config.min_snr_gamma)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            average_gradients(run.params)
+            if run.config.max_grad_norm:
+                accelerator.clip_grad_norm_(run.params, run.config.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    loss = loss.detach()
+    if accelerator.num_processes > 1:
+        loss = accelerator.reduce(loss, "mean")
+    return loss
