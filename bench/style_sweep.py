@@ -1,7 +1,7 @@
 """Which Quick-demo settings learn the sample styles? Train each variant, then run the style checks.
 
 Issue 5 §4. Each variant is a set of overrides of the "Quick demo (embedded model)" preset.
-For each, a LoRA is trained on each of two sample styles with ``studio.train.recipe.train``,
+For each, a LoRA is trained on each of two sample styles with ``studio.training.recipe.train``,
 then images for held-out prompts are scored exactly as tests/test_style_learning.py scores
 them (``trainers.styles``: ``check_scenes``, ``check_weights``, ``score_images``,
 ``style_checks``): the base, each style at weight 0.5 and 1.0, and a 50/50 blend. One row per
@@ -42,7 +42,7 @@ from studio.mixer import AdapterWeights, BlendItem
 from studio.models.loader import load_base
 from studio.presets import get_preset
 from studio.recipes import GenerationSettings
-from studio.train.recipe import StepEvent, train
+from studio.training.recipe import StepEvent, train
 from trainers.styles import (
     CHECK_GUIDANCE,
     CHECK_STEPS,

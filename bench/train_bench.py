@@ -7,7 +7,7 @@ embedded / tiny model on a CPU):
 * ``ref``: the reference loop of diffusers' LoRA example: the frozen base in bf16, LoRA in
   fp32, autocast, the VAE encodes and the text encoder runs every step, AdamW unfused, the
   loss read every step. Pixels are already on the device (the reference pays no data loading).
-* ``ours``: ``studio.train.recipe.train`` itself on a folder of images, with a row's switches
+* ``ours``: ``studio.training.recipe.train`` itself on a folder of images, with a row's switches
   (``compile``, ``channels_last``, ``low_memory``...). It caches latents and text, so the
   VAE and text encoder never run in the loop.
 
@@ -48,9 +48,9 @@ from PIL import Image
 from studio.config import TrainConfig
 from studio.models.family import ModelFamily, detect_family
 from studio.models.loader import BaseModel, load_base
-from studio.train import data_parallel
-from studio.train.encoding import encode_text, sdxl_time_ids
-from studio.train.recipe import StepEvent, train
+from studio.training import data_parallel
+from studio.training.encoding import encode_text, sdxl_time_ids
+from studio.training.recipe import StepEvent, train
 
 # Forward + activation-gradient FLOPs per image at the native size (issue 6), and dense bf16 peaks.
 TFLOP_PER_IMAGE = {"sd15": (1.73, 512), "sdxl": (14.2, 1024)}

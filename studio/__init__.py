@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from studio.config import TrainConfig
 
 if TYPE_CHECKING:
-    from studio.train.recipe import StepEvent, TrainResult
+    from studio.training.recipe import StepEvent, TrainResult
 
 __all__ = ["TrainConfig", "train"]
 
@@ -24,6 +24,6 @@ def train(config: TrainConfig, on_step: Callable[[StepEvent], Any] | None = None
     ``on_step`` returning ``"stop"`` (or raising ``studio.errors.StopTraining``) ends the run
     early with a checkpoint; the result then says ``stopped=True``.
     """
-    from studio.train.recipe import train as run_recipe
+    from studio.training.recipe import train as run_recipe
 
     return run_recipe(config, on_step)

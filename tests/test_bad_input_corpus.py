@@ -17,7 +17,7 @@ from studio.data import DatasetConfig, scan_dataset
 from studio.data.report import check_dataset
 from studio.errors import DatasetError
 from studio.formats.safetensors_io import read_header
-from studio.train.recipe import train
+from studio.training.recipe import train
 
 TRIGGER = "badstyle"
 

@@ -13,7 +13,7 @@ from studio.models.family import ModelFamily
 from studio.models.loader import BaseModel
 from studio.options import specs
 from studio.samples import make_demo_dataset
-from studio.train.export import NOT_IN_METADATA, training_info
+from studio.training.export import NOT_IN_METADATA, training_info
 
 BASE = BaseModel(pipeline=None, family=ModelFamily.SD1, prediction_type="epsilon", source="default")
 CLOCK = ("ss_training_finished_at", "modelspec.date")  # the export's own time

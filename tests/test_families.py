@@ -35,7 +35,7 @@ from studio.models.loader import load_base
 from studio.models.tiny import build_tiny_pipeline, tiny_sd_pipeline
 from studio.recipes import GenerationSettings
 from studio.samples import make_demo_dataset
-from studio.train.recipe import train
+from studio.training.recipe import train
 
 
 class TinySD1Variant(SD1Family):

@@ -51,8 +51,8 @@ def test_checkpoint_by_weight_grid_from_a_training_run(tmp_path, capsys):
     from studio.cli import main
     from studio.config import TrainConfig
     from studio.samples import make_demo_dataset
-    from studio.train.checkpoint import checkpoint_adapters
-    from studio.train.recipe import train
+    from studio.training.checkpoint import checkpoint_adapters
+    from studio.training.recipe import train
 
     out = tmp_path / "ink.safetensors"
     config = TrainConfig(

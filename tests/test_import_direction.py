@@ -15,7 +15,7 @@ import pytest
 
 STUDIO = Path(__file__).resolve().parent.parent / "studio"
 LAYERS = ("formats", "adapters", "mixer")  # each may import only those before it
-APPLICATION = ("app", "cli", "train", "generate", "grid", "recipes")  # above all three
+APPLICATION = ("app", "cli", "training", "generate", "grid", "recipes")  # above all three
 
 
 def _module_of(node: ast.ImportFrom, path: Path, root: Path) -> str:

@@ -170,3 +170,13 @@ def test_training_does_not_go_through_the_libraries_peft_gates(tmp_path, monkeyp
     assert result.steps == 2 and (tmp_path / "style.safetensors").is_file()
     te_layers = [n for n, p in result.base.components["text_encoder"].named_parameters() if "lora_" in n]
     assert te_layers  # the text encoder was adapted, not silently skipped
+
+
+def test_studio_train_stays_the_function_after_the_training_package_is_imported():
+    """``studio.train(config)`` is the public API; a subpackage named ``train`` would replace it."""
+    import importlib
+
+    import studio
+
+    importlib.import_module("studio.training.recipe")
+    assert callable(studio.train) and studio.train.__module__ == "studio"

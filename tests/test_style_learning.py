@@ -24,7 +24,7 @@ from studio.mixer import AdapterWeights, BlendItem
 from studio.models.loader import load_base
 from studio.presets import get_preset
 from studio.recipes import GenerationSettings
-from studio.train.recipe import train
+from studio.training.recipe import train
 from trainers.styles import (
     CHECK_GUIDANCE,
     CHECK_STEPS,

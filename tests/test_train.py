@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from studio import train  # the public API (it runs studio.train.recipe)
+from studio import train  # the public API (it runs studio.training.recipe)
 from studio.cli import main
 from studio.config import TrainConfig
 from studio.data import DatasetConfig, load_training_image, scan_dataset
@@ -17,7 +17,7 @@ from studio.lora.inject import set_lora_enabled
 from studio.models.loader import load_base
 from studio.models.tiny import build_tiny_pipeline
 from studio.samples import make_demo_dataset
-from studio.train.encoding import encode_latents, encode_text
+from studio.training.encoding import encode_latents, encode_text
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from studio.config import TrainConfig
 from studio.errors import StopTraining, TrainingDiverged
 from studio.samples import make_demo_dataset
-from studio.train.checkpoint import list_checkpoints
-from studio.train.hooks import STOP, Callback, CheckpointEvery, LossRecord, NanGuard, StepEvent, run_hooks
-from studio.train.recipe import needs_everything, train
+from studio.training.checkpoint import list_checkpoints
+from studio.training.hooks import STOP, Callback, CheckpointEvery, LossRecord, NanGuard, StepEvent, run_hooks
+from studio.training.recipe import needs_everything, train
 
 
 def _event(step: int, loss: float = 0.5) -> StepEvent:

@@ -24,7 +24,7 @@ from studio.compile_cache import use_persistent_compile_cache
 from studio.config import TrainConfig
 from studio.models.default import cache_dir
 from studio.samples import make_demo_dataset
-from studio.train.recipe import StepEvent, train
+from studio.training.recipe import StepEvent, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from diffusers import DDPMScheduler
 
 from studio import TrainConfig, train
 from studio.samples import make_demo_dataset
-from studio.train.loss import diffusion_loss, diffusion_target, sample_noise
+from studio.training.loss import diffusion_loss, diffusion_target, sample_noise
 
 
 def _scheduler(prediction: str) -> DDPMScheduler:

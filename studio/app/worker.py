@@ -1,7 +1,7 @@
 """The training worker: one process per job, so a crash or a kill never takes the app down.
 
 ``python -m studio.app.worker WORKSPACE JOB_ID`` reads the job's ``TrainConfig`` from the
-database, trains with ``studio.train.recipe.train`` and reports every step back to the
+database, trains with ``studio.training.recipe.train`` and reports every step back to the
 database; the app only reads. A stop request (SIGTERM or the job's ``stop_requested``
 flag) and the app going away (parent gone) end the run cleanly between two steps; the
 last checkpoint stays for a resume.
@@ -66,7 +66,7 @@ def run_job(ws: Workspace, job_id: int) -> int:
     watch = _Watch(db, job_id)
     config = TrainConfig.from_dict(job.config_dict)
     run_dir = config.effective_run_dir
-    from studio.train.checkpoint import list_checkpoints
+    from studio.training.checkpoint import list_checkpoints
 
     if job.resume and list_checkpoints(run_dir):
         config.resume = str(run_dir)
@@ -84,7 +84,7 @@ def run_job(ws: Workspace, job_id: int) -> int:
         db.update_job(job_id, **values)
         watch.check()
 
-    from studio.train.recipe import train
+    from studio.training.recipe import train
 
     try:
         result = train(config, on_step=on_step)

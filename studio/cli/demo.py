@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from studio.formats.inspect import format_report, inspect_file
-    from studio.train.recipe import train
+    from studio.training.recipe import train
 
     out = Path(args.out)
     data = make_demo_dataset(out / "dataset")

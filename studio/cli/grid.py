@@ -45,7 +45,7 @@ def number_list(value: str | None, option: str, kind=float) -> list:
 def run_adapters(run_dir: str) -> list[tuple[str, Path]]:
     """``(row label, kohya file)`` for each checkpoint of a run, then its final adapter if it exists."""
     from studio.config import TrainConfig
-    from studio.train.checkpoint import checkpoint_adapters
+    from studio.training.checkpoint import checkpoint_adapters
 
     rows = [(f"step {step}", path) for step, path in checkpoint_adapters(run_dir)]
     config = Path(run_dir) / "config.toml"

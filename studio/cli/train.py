@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise StudioError("--gpus must be at least 1")
     if gpus > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(config, gpus)
-    from studio.train.recipe import train
+    from studio.training.recipe import train
 
     result = train(config)
     if os.environ.get("RANK", "0") != "0":

@@ -70,7 +70,7 @@ class StableDiffusionFamily(Family):
         return DDPMScheduler.from_config(pipeline.scheduler.config)
 
     def sample_timesteps(self, scheduler: Any, batch: int, generator: torch.Generator) -> torch.Tensor:
-        from studio.train.loss import sample_timesteps
+        from studio.training.loss import sample_timesteps
 
         return sample_timesteps(batch, scheduler.config.num_train_timesteps, generator)
 
@@ -78,14 +78,14 @@ class StableDiffusionFamily(Family):
         return scheduler.add_noise(latents, noise, timesteps)
 
     def training_target(self, scheduler: Any, latents: Any, noise: Any, timesteps: Any) -> torch.Tensor:
-        from studio.train.loss import diffusion_target
+        from studio.training.loss import diffusion_target
 
         return diffusion_target(scheduler, latents, noise, timesteps)
 
     def training_loss(
         self, prediction: Any, target: Any, timesteps: Any, scheduler: Any, min_snr_gamma: float | None
     ) -> torch.Tensor:
-        from studio.train.loss import diffusion_loss
+        from studio.training.loss import diffusion_loss
 
         return diffusion_loss(prediction, target, timesteps, scheduler, min_snr_gamma)
 

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from studio.train.loss import diffusion_loss, sample_noise, sample_timesteps
+from studio.training.loss import diffusion_loss, sample_noise, sample_timesteps
 from trainers.base_model import architecture, checkpoint
 from trainers.base_model.data import CaptionedScenes, StepBatches, VaeImages
 from trainers.toyworld import held_out_scenes

@@ -16,9 +16,9 @@ import torch
 
 from studio.data import caption_for_sample
 from studio.families import DenoiserInput, TextEmbeddings
-from studio.train.data_parallel import average_gradients
-from studio.train.loss import sample_noise
-from studio.train.run import TrainRun
+from studio.training.data_parallel import average_gradients
+from studio.training.loss import sample_noise
+from studio.training.run import TrainRun
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The LoRA training recipe: dataset -> base -> adapter -> loop -> kohya file.
 
-Read top to bottom, this is the whole run: ``setup_run`` (studio/train/run.py) builds the
-run object, the loop calls ``train_step`` (studio/train/step.py) per micro-batch, and after
-each optimizer step the hooks (studio/train/hooks.py) check, log, checkpoint and preview.
+Read top to bottom, this is the whole run: ``setup_run`` (studio/training/run.py) builds the
+run object, the loop calls ``train_step`` (studio/training/step.py) per micro-batch, and after
+each optimizer step the hooks (studio/training/hooks.py) check, log, checkpoint and preview.
 What depends on the model family (text encoding, noise target and loss, LoRA targets)
 is asked of the family object (studio/families); accelerate handles devices, mixed
 precision, gradient accumulation and the processes of multi-GPU runs.
@@ -21,7 +21,7 @@ import torch
 
 from studio.config import TrainConfig
 from studio.models.loader import BaseModel
-from studio.train.hooks import (
+from studio.training.hooks import (
     Callback,
     CheckpointEvery,
     Hook,
@@ -34,9 +34,9 @@ from studio.train.hooks import (
     on_device,
     run_hooks,
 )
-from studio.train.run import TrainRun, setup_run
-from studio.train.sampling import render_samples
-from studio.train.step import make_batch, train_step
+from studio.training.run import TrainRun, setup_run
+from studio.training.sampling import render_samples
+from studio.training.step import make_batch, train_step
 
 __all__ = ["StepEvent", "TrainResult", "train"]
 

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from studio.errors import StopTraining, TrainingDiverged
-from studio.train.checkpoint import list_checkpoints
-from studio.train.metrics import append_metrics
+from studio.training.checkpoint import list_checkpoints
+from studio.training.metrics import append_metrics
 
 STOP = "stop"
 

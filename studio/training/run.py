@@ -3,7 +3,7 @@
 ``setup_run`` reads top to bottom as the run's preparation: devices and precision, data,
 the base with its LoRA attached, optimizer and schedule, resume, caches. The resulting
 ``TrainRun`` holds the models, optimizer, caches and position (``state``); the step
-(``studio/train/step.py``) and the hooks (``studio/train/hooks.py``) read and advance it.
+(``studio/training/step.py``) and the hooks (``studio/training/hooks.py``) read and advance it.
 Everything model-specific is asked of ``run.family``.
 """
 
@@ -28,18 +28,18 @@ from studio.data import DatasetConfig, ScannedDataset, epoch_batches, expand_sam
 from studio.families import Family
 from studio.lora.inject import extract_lora, inject_lora
 from studio.models.loader import BaseModel, load_base
-from studio.train.checkpoint import (
+from studio.training.checkpoint import (
     TrainingState,
     checkpoint_adapter_name,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
 )
-from studio.train.data_parallel import broadcast_parameters
-from studio.train.encoding import ContentCache, encode_latents
-from studio.train.export import export_adapter
-from studio.train.metrics import trim_metrics
-from studio.train.optim import build_lr_scheduler, build_optimizer
+from studio.training.data_parallel import broadcast_parameters
+from studio.training.encoding import ContentCache, encode_latents
+from studio.training.export import export_adapter
+from studio.training.metrics import trim_metrics
+from studio.training.optim import build_lr_scheduler, build_optimizer
 
 
 @dataclass
@@ -281,7 +281,7 @@ def _optimizer(run: TrainRun) -> None:
         config.lr_scheduler, optimizer, config.warmup_steps, run.total_steps
     )
     # Mixed precision only, no DDP wrapper: on several GPUs the gradients are averaged by hand,
-    # once per step (studio/train/data_parallel.py).
+    # once per step (studio/training/data_parallel.py).
     run.models = {k: accelerator.prepare_model(m, evaluation_mode=True) for k, m in run.trainable.items()}
     run.optimizer = accelerator.prepare(optimizer)
     run.params = [p for m in run.models.values() for p in m.parameters() if p.requires_grad]
