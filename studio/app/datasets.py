@@ -8,6 +8,7 @@ never make the app write elsewhere.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from studio.app.uploads import UploadLimits, UploadResult, import_uploads
@@ -87,6 +88,25 @@ def caption_rows(folder: Path, report: DatasetReport) -> list[Row]:
         state = status.get(path) or status.get(path.with_suffix("")) or "ok"
         rows.append([path.relative_to(folder).as_posix(), caption.text if caption else "", state])
     return rows
+
+
+@dataclass
+class DatasetView:
+    """What the Train tab shows of a dataset: thumbnails, caption rows, the check's report."""
+
+    thumbnails: list[tuple[str, str]]
+    rows: list[Row]
+    report: str
+
+
+def dataset_view(
+    ws: Workspace, choice: str, trigger: str | None, resolution: int, limit: int = 200
+) -> DatasetView:
+    folder = dataset_folder(ws, choice)
+    checked = check(folder, trigger, resolution)
+    bad = {problem.path for problem in checked.problems}
+    thumbs = [(str(path), path.name) for path in image_files(folder) if path not in bad][:limit]
+    return DatasetView(thumbs, caption_rows(folder, checked), checked.format())
 
 
 def save_captions(folder: Path, rows: list[Row]) -> int:

@@ -15,6 +15,7 @@ def names(ctx: AppContext) -> list[str]:
 
 
 def build(ctx: AppContext) -> gr.Tab:
+    ui = guard(ctx.ws.root)
     with gr.Tab("Library", id="library", elem_id="tab-library") as tab:
         with gr.Row():
             table = gr.Dataframe(
@@ -69,7 +70,7 @@ def build(ctx: AppContext) -> gr.Tab:
                 gr.update(choices=current, value=value),
             )
 
-        @guard
+        @ui
         def show(choice: str | None):
             if not choice:
                 return "", gr.update(value=None, interactive=False), gr.update(value=None, interactive=False)
@@ -94,7 +95,7 @@ def build(ctx: AppContext) -> gr.Tab:
 
         table.select(pick, None, selected, api_visibility="private")
 
-        @guard
+        @ui
         def do_rename(choice, name):
             if not choice:
                 raise StudioError("choose an adapter")
@@ -110,7 +111,7 @@ def build(ctx: AppContext) -> gr.Tab:
                 return gr.update(visible=False), ""
             return gr.update(visible=True), f"Delete **{choice}** and its files? This cannot be undone."
 
-        @guard
+        @ui
         def do_delete(choice):
             library.delete(ctx.ws, ctx.db, choice)
             return (*refresh(), gr.update(visible=False), f"Deleted **{choice}**.")
@@ -121,10 +122,10 @@ def build(ctx: AppContext) -> gr.Tab:
             do_delete, selected, [*refresh_outputs, confirm_row, message], api_visibility="private"
         )
 
-        @guard
+        @ui
         def do_import(path, name):
             if not path:
-                return (*[gr.skip()] * 3, gr.skip(), "")
+                return gr.skip()
             row = library.import_file(ctx.ws, ctx.db, path, name or None)
             return (*refresh(row.name), None, f"Imported **{row.name}**.")
 
