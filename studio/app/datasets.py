@@ -20,8 +20,10 @@ from studio.data.files import is_inside
 from studio.data.images import IMAGE_EXTENSIONS
 from studio.data.report import DatasetReport, check_dataset
 from studio.errors import StudioError
+from studio.samples import make_demo_dataset
 
 Row = list[str]
+SAMPLE_TRIGGER = "inkstyle"  # the trigger word the app suggests for the sample dataset
 
 
 def list_datasets(ws: Workspace) -> list[str]:
@@ -31,6 +33,11 @@ def list_datasets(ws: Workspace) -> list[str]:
 def create_dataset(ws: Workspace, name: str, files: list[str | Path], limits: UploadLimits) -> UploadResult:
     target = ws.unique(ws.datasets, safe_name(name, "dataset"))
     return import_uploads(files, target, ws.uploads, limits)
+
+
+def create_sample(ws: Workspace) -> tuple[Path, str]:
+    """The 8-shape sample dataset as a new dataset folder, and its trigger word."""
+    return make_demo_dataset(ws.unique(ws.datasets, "sample-shapes")), SAMPLE_TRIGGER
 
 
 def dataset_folder(ws: Workspace, choice: str) -> Path:

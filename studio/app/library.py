@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -87,6 +88,26 @@ def import_file(ws: Workspace, db: Database, upload: str | Path, name: str | Non
 
 def adapter_file(ws: Workspace, row: AdapterRow) -> Path:
     return ws.resolve(row.path)
+
+
+def names(db: Database) -> list[str]:
+    return [row.name for row in db.adapters()]
+
+
+def download_files(ws: Workspace, db: Database, name: str) -> tuple[Path, Path | None]:
+    """The adapter's kohya file and its diffusers twin (None when it has none), for download."""
+    row = db.adapter(name)
+    return adapter_file(ws, row), ws.resolve(row.diffusers_path) if row.diffusers_path else None
+
+
+def api_rows(db: Database) -> list[dict]:
+    """The library for API clients; files under "file" keys (a "path" key makes gradio_client download it)."""
+    rows = []
+    for row in db.adapters():
+        values = asdict(row)
+        values["file"], values["diffusers_file"] = values.pop("path"), values.pop("diffusers_path")
+        rows.append(values)
+    return rows
 
 
 def rename(ws: Workspace, db: Database, key: int | str, new_name: str) -> AdapterRow:

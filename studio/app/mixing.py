@@ -84,6 +84,11 @@ def recipe_choices(ws: Workspace) -> list[str]:
     return sorted(path.stem for path in ws.recipes.glob("*.json"))
 
 
+def recipe_path(ws: Workspace, name: str) -> Path:
+    """A saved recipe by its name in the picker."""
+    return ws.recipes / f"{safe_name(name, 'recipe')}.json"
+
+
 class MixService:
     def __init__(self, ws: Workspace, db: Database, max_sessions: int = 1, fast: FastPath = PLAIN):
         self.ws, self.db, self.max_sessions, self.fast = ws, db, max_sessions, fast

@@ -7,11 +7,10 @@ so the client receives a real PNG file (with its recipe chunk), not a server pat
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import gradio as gr
 
-from studio.app import training
+from studio.app import library, training
 from studio.app.context import AppContext
 from studio.app.mixing import Slot, settings_from
 from studio.app.models import resolve_base
@@ -60,12 +59,7 @@ def build(ctx: AppContext) -> None:
 
     def list_adapters() -> list:
         """The library: name, family, rank, trigger, created, images, source, file."""
-        rows = []
-        for row in ctx.db.adapters():
-            values = asdict(row)  # "path" keys would make gradio_client try to download them
-            values["file"], values["diffusers_file"] = values.pop("path"), values.pop("diffusers_path")
-            rows.append(values)
-        return rows
+        return library.api_rows(ctx.db)
 
     # Quick reads and writes skip the queue: a queue full of generations must not refuse them.
     for fn in (train, job_status, list_jobs, stop_job, resume_job, list_adapters):

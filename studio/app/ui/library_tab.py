@@ -10,10 +10,6 @@ from studio.app.ui.common import guard
 from studio.errors import StudioError
 
 
-def names(ctx: AppContext) -> list[str]:
-    return [row.name for row in ctx.db.adapters()]
-
-
 def build(ctx: AppContext) -> gr.Tab:
     ui = guard(ctx.ws.root)
     with gr.Tab("Library", id="library", elem_id="tab-library") as tab:
@@ -28,7 +24,9 @@ def build(ctx: AppContext) -> gr.Tab:
             )  # fmt: skip
         with gr.Row():
             with gr.Column(scale=2):
-                selected = gr.Dropdown(names(ctx), value=None, label="Adapter", elem_id="library-selected")
+                selected = gr.Dropdown(
+                    library.names(ctx.db), value=None, label="Adapter", elem_id="library-selected"
+                )
                 with gr.Row():
                     kohya_dl = gr.DownloadButton(
                         "Download kohya .safetensors", elem_id="library-download", interactive=False
@@ -62,7 +60,7 @@ def build(ctx: AppContext) -> gr.Tab:
                 )
 
         def refresh(choice: str | None = None):
-            current = names(ctx)
+            current = library.names(ctx.db)
             value = choice if choice in current else (current[0] if current else None)
             return (
                 library.table(ctx.db),
@@ -74,11 +72,9 @@ def build(ctx: AppContext) -> gr.Tab:
         def show(choice: str | None):
             if not choice:
                 return "", gr.update(value=None, interactive=False), gr.update(value=None, interactive=False)
-            row = ctx.db.adapter(choice)
-            kohya = library.adapter_file(ctx.ws, row)
-            diffusers = ctx.ws.resolve(row.diffusers_path) if row.diffusers_path else None
+            kohya, diffusers = library.download_files(ctx.ws, ctx.db, choice)
             return (
-                library.metadata_text(ctx.ws, row),
+                library.metadata_text(ctx.ws, ctx.db.adapter(choice)),
                 gr.update(value=str(kohya), interactive=True),
                 gr.update(value=str(diffusers) if diffusers else None, interactive=diffusers is not None),
             )

@@ -15,7 +15,7 @@ import gradio as gr
 from studio.app import library
 from studio.app.block_fields import block_field_texts, parse_block_fields
 from studio.app.context import AppContext
-from studio.app.mixing import Slot, adapter_choices, recipe_choices, settings_from
+from studio.app.mixing import Slot, adapter_choices, recipe_choices, recipe_path, settings_from
 from studio.app.models import DEFAULT, base_choices, base_fields, resolve_base
 from studio.app.ui.common import GENERATE, guard, int_or_none
 from studio.app.ui.forms import Form
@@ -260,7 +260,7 @@ def build(ctx: AppContext) -> gr.Tab:
         recipe_outputs = [*form.components(), message]
         recipe_drop.upload(do_load_recipe, recipe_drop, recipe_outputs, **private)
         load_saved.click(
-            lambda name: do_load_recipe(str(ctx.ws.recipes / f"{name}.json") if name else None),
+            lambda name: do_load_recipe(str(recipe_path(ctx.ws, name)) if name else None),
             saved_recipes, recipe_outputs, **private,
         )  # fmt: skip
 

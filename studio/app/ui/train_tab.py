@@ -28,7 +28,6 @@ from studio.config import TrainConfig
 from studio.errors import StudioError
 from studio.lora.targets import PRESETS as LAYER_PRESETS
 from studio.presets import PRESETS
-from studio.samples import make_demo_dataset
 
 CAPTION_HEADERS = ["file", "caption", "status"]
 
@@ -273,9 +272,9 @@ def _wire_dataset(ctx: AppContext, data: DatasetWidgets, buttons: dict[str, gr.B
 
     @ui
     def use_sample():
-        folder = make_demo_dataset(ctx.ws.unique(ctx.ws.datasets, "sample-shapes"))
-        note = f"Created dataset **{folder.name}**: 8 shapes with captions. Its trigger word is `inkstyle`."
-        return gr.update(choices=datasets.list_datasets(ctx.ws), value=folder.name), "inkstyle", note
+        folder, trigger = datasets.create_sample(ctx.ws)
+        note = f"Created dataset **{folder.name}**: 8 shapes with captions. Its trigger word is `{trigger}`."
+        return gr.update(choices=datasets.list_datasets(ctx.ws), value=folder.name), trigger, note
 
     buttons["sample"].click(use_sample, None, [data.dataset, data.trigger, message], **private)
     for event in (data.dataset.change, buttons["check"].click):
