@@ -103,8 +103,11 @@ def test_the_progress_panel_follows_the_queue(ws):
     assert followed_job(db, first, "running") == first
     db.update_job(first, status="finished", finished=time.time())
     assert followed_job(db, first, "running") == second  # it ended while shown: on to the next
-    assert followed_job(db, first, "finished") == first  # picked after it ended: it stays
-    assert followed_job(db, first, None) == first
+    assert followed_job(db, first, "running", pinned=True) == second  # picked while it ran: the same
+    assert followed_job(db, first, "finished", pinned=True) == first  # picked after it ended: it stays
+    assert followed_job(db, first, None) == second  # shown since it ended, not picked: the queue wins
+    db.update_job(second, status="failed")
+    assert followed_job(db, first, "finished") == first  # nothing else to show
 
 
 def test_guard_leaves_outputs_alone_and_shows_paths_as_the_user_knows_them(ws):

@@ -79,12 +79,15 @@ def job_message(job: Job) -> str:
     return f"Job #{job.id} {job.status}{reason}."
 
 
-def followed_job(db: Database, shown: int | None, shown_status: str | None) -> int | None:
+def followed_job(
+    db: Database, shown: int | None, shown_status: str | None, pinned: bool = False
+) -> int | None:
     """The job the progress panel shows next.
 
-    With none chosen, the running job, else the newest. When the shown job was active and has just ended, the job
-    that runs now (or the next queued one), so the panel follows a queue; a job the user
-    picked after it ended stays shown.
+    With none chosen, the running job, else the newest. A shown job that is over gives way
+    to the job that runs now (or the next queued one), so the panel follows a queue; a job
+    the user picked by hand (``pinned``) after it ended stays shown, and one they picked
+    while it ran gives way when it ends (its ``shown_status`` was active).
     """
     jobs = db.jobs()  # newest first
     running = [job for job in jobs if job.status == "running"]
@@ -92,7 +95,7 @@ def followed_job(db: Database, shown: int | None, shown_status: str | None) -> i
         first = running or jobs
         return first[0].id if first else None
     current = next((job for job in jobs if job.id == shown), None)
-    if current is None or shown_status not in ACTIVE or current.status in ACTIVE:
+    if current is None or current.status in ACTIVE or (pinned and shown_status not in ACTIVE):
         return shown
     queued = sorted((job for job in jobs if job.status == "queued"), key=lambda job: job.id)
     return (running or queued or [current])[0].id

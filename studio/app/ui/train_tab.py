@@ -336,8 +336,11 @@ def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: 
     actions["stop"].click(on_stop, shown.job, [message, watched], **private)
     actions["resume"].click(on_resume, shown.job, [message, watched], **private)
 
-    def tick(job_id, last: dict, said: dict):
-        job_id = followed_job(ctx.db, job_id, last.get("status") if last.get("job") == job_id else None)
+    def tick(job_id, last: dict, said: dict, picked=None, follow: bool = True):
+        """``follow``: the timer moves on from a job that ended; a pick or Refresh shows what was asked."""
+        if follow or job_id is None:
+            status = last.get("status") if last.get("job") == job_id else None
+            job_id = followed_job(ctx.db, job_id, status, pinned=picked is not None and picked == job_id)
         out: dict[Any, Any] = {}
         if said.get("id") is not None and (text := job_message(ctx.db.job(said["id"]))) != said.get("text"):
             out.update({message: text, watched: {"id": said["id"], "text": text}})
@@ -358,15 +361,17 @@ def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: 
         return {**out, seen: now}
 
     outputs = [*shown.components(), seen, message, watched]
-    tick_inputs = {"job_id": shown.job, "last": seen, "said": watched}
+    picked = gr.State(None)  # the job the user chose by hand in the picker
+    shown.job.input(lambda job_id: job_id, shown.job, picked, **private)
+    tick_inputs = {"job_id": shown.job, "last": seen, "said": watched, "picked": picked}
     gr.Timer(1.0).tick(
         guard(ctx.ws.root, quiet=True)(tick), None, outputs, inputs_kwargs=tick_inputs, show_progress="hidden",
         **private, **LIGHT,
     )  # fmt: skip
     fresh = {"job_id": shown.job, "said": watched}
-    actions["refresh"].click(ui(lambda job_id, said: tick(job_id, {}, said)), None, outputs, inputs_kwargs=fresh,
+    actions["refresh"].click(ui(lambda job_id, said: tick(job_id, {}, said, follow=False)), None, outputs, inputs_kwargs=fresh,
                              **private)  # fmt: skip
-    shown.job.change(ui(lambda job_id, said: tick(job_id, {}, said)), None, outputs, inputs_kwargs=fresh,
+    shown.job.change(ui(lambda job_id, said: tick(job_id, {}, said, follow=False)), None, outputs, inputs_kwargs=fresh,
                      show_progress="hidden", **private)  # fmt: skip
 
 
