@@ -81,17 +81,17 @@ def _job(db: Database, status: str, **values) -> int:
 def test_the_message_line_follows_the_job_it_speaks_of(ws):
     db = Database(ws.db_path)
     job = _job(db, "queued")
-    assert job_message(db.job(job)) == f"Queued job #{job}."
+    assert job_message(db.job(job), ws.root) == f"Queued job #{job}."
     db.update_job(job, status="running", stop_requested=1)
-    assert job_message(db.job(job)) == f"Stopping job #{job}…"
+    assert job_message(db.job(job), ws.root) == f"Stopping job #{job}…"
     db.update_job(job, status="stopped", error="stopped by the user")
-    assert job_message(db.job(job)) == f"Job #{job} stopped: stopped by the user."
+    assert job_message(db.job(job), ws.root) == f"Job #{job} stopped: stopped by the user."
     db.update_job(job, status="queued", resume=1)
-    assert job_message(db.job(job)) == f"Job #{job} queued to resume from its last checkpoint."
-    db.update_job(job, status="failed", error="no images in datasets/x")
-    assert job_message(db.job(job)) == f"Job #{job} failed: no images in datasets/x."
+    assert job_message(db.job(job), ws.root) == f"Job #{job} queued to resume from its last checkpoint."
+    db.update_job(job, status="failed", error=f"{ws.root}/datasets/x: no images")
+    assert job_message(db.job(job), ws.root) == f"Job #{job} failed: datasets/x: no images."
     db.update_job(job, status="finished")
-    assert "finished" in job_message(db.job(job))
+    assert "finished" in job_message(db.job(job), ws.root)
 
 
 def test_the_progress_panel_follows_the_queue(ws):

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from studio.app.messages import shown_paths
 from studio.app.uploads import UploadLimits, UploadResult, import_uploads
 from studio.app.workspace import Workspace, safe_name
 from studio.atomic import write_text
@@ -113,7 +114,7 @@ def dataset_view(
     checked = check(folder, trigger, resolution)
     bad = {problem.path for problem in checked.problems}
     thumbs = [(str(path), path.name) for path in image_files(folder) if path not in bad][:limit]
-    return DatasetView(thumbs, caption_rows(folder, checked), checked.format())
+    return DatasetView(thumbs, caption_rows(folder, checked), shown_paths(checked.format(), ws.root))
 
 
 def save_captions(folder: Path, rows: list[Row]) -> int:

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from studio.app.db import AdapterRow, Database, Job
+from studio.app.messages import shown_paths
 from studio.app.workspace import Workspace, safe_name
 from studio.atomic import atomic_path
 from studio.errors import StudioError
@@ -175,4 +176,4 @@ def thumbnails(ws: Workspace, db: Database) -> list[tuple[str, str]]:
 
 
 def metadata_text(ws: Workspace, row: AdapterRow) -> str:
-    return format_report(inspect_file(adapter_file(ws, row)))
+    return shown_paths(format_report(inspect_file(adapter_file(ws, row))), ws.root)

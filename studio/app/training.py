@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from studio.app import datasets
 from studio.app.context import AppContext
 from studio.app.db import ACTIVE, Database, Job
+from studio.app.messages import shown_paths
 from studio.app.models import resolve_base
 from studio.app.progress import job_view
 from studio.config import TrainConfig
@@ -38,12 +40,13 @@ def submit_job(ctx: AppContext, dataset: str, name: str, preset: str, base: str,
     return ctx.jobs.submit(name or folder.name, config)
 
 
-def jobs_table(db: Database) -> list[list[Any]]:
+def jobs_table(db: Database, root: Path) -> list[list[Any]]:
+    """The jobs table, newest first; errors name files relative to the workspace ``root``."""
     rows = []
     for job in db.jobs():
         progress = f"{job.step}/{job.total}" if job.total else ""
         created = datetime.fromtimestamp(job.created).strftime("%Y-%m-%d %H:%M")
-        rows.append([job.id, job.name, job.status, progress, created, job.error or ""])
+        rows.append([job.id, job.name, job.status, progress, created, shown_paths(job.error or "", root)])
     return rows
 
 
@@ -63,7 +66,7 @@ def job_status(ctx: AppContext, job_id: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def job_message(job: Job) -> str:
+def job_message(job: Job, root: Path) -> str:
     """The Train tab's line about a job the user acted on, for the status it has now."""
     if job.status == "queued":
         return (
@@ -75,7 +78,7 @@ def job_message(job: Job) -> str:
         return f"Stopping job #{job.id}…" if job.stop_requested else f"Job #{job.id} is running."
     if job.status == "finished":
         return f"Job #{job.id} finished: **{job.name}** is in the Library."
-    reason = f": {job.error}" if job.error else ""
+    reason = f": {shown_paths(job.error, root)}" if job.error else ""
     return f"Job #{job.id} {job.status}{reason}."
 
 

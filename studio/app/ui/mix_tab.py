@@ -15,6 +15,7 @@ import gradio as gr
 from studio.app import library
 from studio.app.block_fields import block_field_texts, parse_block_fields
 from studio.app.context import AppContext
+from studio.app.messages import shown_paths
 from studio.app.mixing import Slot, adapter_choices, recipe_choices, recipe_path, settings_from
 from studio.app.models import DEFAULT, base_choices, base_fields, resolve_base
 from studio.app.ui.common import GENERATE, guard, int_or_none
@@ -267,7 +268,7 @@ def build(ctx: AppContext) -> gr.Tab:
         @ui
         def do_bake(name, rank, **kw):
             path, report = ctx.mix.bake(form.base_spec(ctx, kw), form.read_slots(kw), name, int_or_none(rank))
-            return str(path), f"Baked {report.summary()}; it is now in the Library."
+            return str(path), f"Baked {shown_paths(report.summary(), ctx.ws.root)}; it is now in the Library."
 
         bake_btn.click(
             do_bake, [bake_name, bake_rank], [bake_file, message],

@@ -11,6 +11,7 @@ import pandas as pd
 
 from studio.app import datasets
 from studio.app.context import AppContext
+from studio.app.messages import shown_paths
 from studio.app.models import DEFAULT, base_choices
 from studio.app.progress import job_view
 from studio.app.training import (
@@ -180,7 +181,11 @@ def _progress_section(ctx: AppContext) -> tuple[ProgressWidgets, gr.Button]:
         samples = gr.Gallery(label="Samples (newest first)", columns=4, height=240, elem_id="train-samples")
     log = gr.Code(label="Log", language=None, interactive=False, lines=8, elem_id="train-log")
     jobs = gr.Dataframe(
-        headers=JOB_HEADERS, value=jobs_table(ctx.db), interactive=False, label="Jobs", elem_id="train-jobs"
+        headers=JOB_HEADERS,
+        value=jobs_table(ctx.db, ctx.ws.root),
+        interactive=False,
+        label="Jobs",
+        elem_id="train-jobs",
     )
     return ProgressWidgets(jobs, progress, loss_plot, samples, log, job), refresh
 
@@ -311,7 +316,7 @@ def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: 
     seen = gr.State({})  # what the page shows now, so a tick sends only what changed
 
     def announce(job_id: int) -> dict[Any, Any]:
-        text = job_message(ctx.db.job(job_id))
+        text = job_message(ctx.db.job(job_id), ctx.ws.root)
         return {message: text, watched: {"id": job_id, "text": text}}
 
     @ui
@@ -336,26 +341,30 @@ def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: 
     actions["stop"].click(on_stop, shown.job, [message, watched], **private)
     actions["resume"].click(on_resume, shown.job, [message, watched], **private)
 
+    def message_now(said: dict) -> dict[Any, Any]:
+        """The message line again if the job it speaks of has moved on ("Queued" -> "failed")."""
+        if said.get("id") is None:
+            return {}
+        text = job_message(ctx.db.job(said["id"]), ctx.ws.root)
+        return {} if text == said.get("text") else {message: text, watched: {"id": said["id"], "text": text}}
+
     def tick(job_id, last: dict, said: dict, picked=None, follow: bool = True):
         """``follow``: the timer moves on from a job that ended; a pick or Refresh shows what was asked."""
         if follow or job_id is None:
             status = last.get("status") if last.get("job") == job_id else None
             job_id = followed_job(ctx.db, job_id, status, pinned=picked is not None and picked == job_id)
-        out: dict[Any, Any] = {}
-        if said.get("id") is not None and (text := job_message(ctx.db.job(said["id"]))) != said.get("text"):
-            out.update({message: text, watched: {"id": said["id"], "text": text}})
+        out = message_now(said)
         if job_id is None:
             return out or gr.skip()
         view = job_view(ctx.db, int(job_id), ctx.jobs.log_path(int(job_id)))
         now = {
-            "jobs": jobs_table(ctx.db), "html": view.html(), "loss": view.losses, "samples": view.samples,
-            "log": view.log_tail, "job": job_id, "status": view.job.status,
+            "jobs": jobs_table(ctx.db, ctx.ws.root), "progress": shown_paths(view.html(), ctx.ws.root),
+            "loss_plot": view.losses, "samples": view.samples, "log": shown_paths(view.log_tail, ctx.ws.root),
+            "job": job_id, "status": view.job.status,
         }  # fmt: skip
         changed = {key for key in now if now[key] != last.get(key)}
-        values = {"jobs": now["jobs"], "progress": now["html"], "samples": view.samples, "log": view.log_tail,
-                  "loss_plot": pd.DataFrame(view.losses, columns=["step", "loss"])}  # fmt: skip
-        keys = {"jobs": "jobs", "progress": "html", "samples": "samples", "log": "log", "loss_plot": "loss"}
-        out.update(shown.updates({name: value for name, value in values.items() if keys[name] in changed}))
+        values = {**now, "loss_plot": pd.DataFrame(view.losses, columns=["step", "loss"])}
+        out.update(shown.updates({key: values[key] for key in changed - {"job", "status"}}))
         if changed & {"jobs", "job"}:
             out[shown.job] = gr.update(choices=job_choices(ctx.db), value=job_id)
         return {**out, seen: now}
