@@ -81,7 +81,7 @@ def build(ctx: AppContext) -> gr.Tab:
 
         refresh_outputs = [table, thumbs, selected]
         selected.change(show, selected, [details, kohya_dl, diffusers_dl], api_visibility="private")
-        tab.select(refresh, selected, refresh_outputs, api_visibility="private").then(
+        tab.select(ui(refresh), selected, refresh_outputs, api_visibility="private").then(
             show, selected, [details, kohya_dl, diffusers_dl], api_visibility="private"
         )
 

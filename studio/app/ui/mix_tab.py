@@ -293,12 +293,14 @@ def build(ctx: AppContext) -> gr.Tab:
             return {**out, message: f"Imported **{row.name}** into the library."}
 
         lora_upload.upload(do_upload, [lora_upload, *pickers], [*pickers, message], **private)
-        tab.select(
-            lambda: {
+
+        @ui
+        def refresh_choices():
+            return {
                 **{picker: gr.update(choices=adapter_choices(ctx.db)) for picker in pickers},
                 base: gr.update(choices=base_choices(ctx.ws)),
                 saved_recipes: gr.update(choices=recipe_choices(ctx.ws)),
-            },
-            None, [*pickers, base, saved_recipes], **private,
-        )  # fmt: skip
+            }
+
+        tab.select(refresh_choices, None, [*pickers, base, saved_recipes], **private)
     return tab

@@ -191,6 +191,7 @@ def _progress_section(ctx: AppContext) -> tuple[ProgressWidgets, gr.Button]:
 
 
 def build(ctx: AppContext) -> gr.Tab:
+    ui = guard(ctx.ws.root)
     with gr.Tab("Train", id="train", elem_id="tab-train") as tab:
         gr.Markdown(
             "Drop images (and `.txt` captions) or a zip, fix captions, pick a preset and press **Start**. "
@@ -231,14 +232,14 @@ def build(ctx: AppContext) -> gr.Tab:
         resolution = advanced[[name for name, _ in _ADVANCED].index("resolution")]
         _wire_dataset(ctx, data, buttons, find, replace, resolution, message)
         preset.input(  # the user picked one (not a value set on page load)
-            lambda p: [PRESETS[p].description, *preset_values(p)], preset, [preset_info, *advanced],
+            ui(lambda p: [PRESETS[p].description, *preset_values(p)]), preset, [preset_info, *advanced],
             api_visibility="private",
         )  # fmt: skip
         actions = {"start": start, "stop": stop, "resume": resume, "refresh": refresh}
         _wire_jobs(ctx, JobWidgets(data.dataset, name, preset, base, hub_id, data.trigger), advanced, actions,
                    shown, message)  # fmt: skip
         tab.select(
-            lambda: (gr.update(choices=datasets.list_datasets(ctx.ws)), gr.update(choices=base_choices(ctx.ws))),
+            ui(lambda: (gr.update(choices=datasets.list_datasets(ctx.ws)), gr.update(choices=base_choices(ctx.ws)))),
             None, [data.dataset, base], api_visibility="private",
         )  # fmt: skip
     return tab
@@ -265,15 +266,13 @@ def _wire_dataset(ctx: AppContext, data: DatasetWidgets, buttons: dict[str, gr.B
         note = f"Created dataset **{choice}** with {len(result.written)} files."
         if result.skipped:
             note += f" Skipped {len(result.skipped)}: " + "; ".join(result.skipped[:5])
-        return {
+        return {  # a new dataset's trigger starts empty: the sample's word must not carry over
             **load_dataset(choice, "", resolution), data.upload: None, data.trigger: "", message: note,
             data.dataset: gr.update(choices=datasets.list_datasets(ctx.ws), value=choice),
         }  # fmt: skip
 
-    outputs = [*data.components(), message]
-    buttons["create"].click(
-        create_dataset, [data.upload, data.new_name, resolution], outputs, **private
-    )  # a new upload's trigger starts empty: the sample's word must not carry over
+    created = [data.upload, data.dataset, data.trigger, data.gallery, data.table, data.report, message]
+    buttons["create"].click(create_dataset, [data.upload, data.new_name, resolution], created, **private)
 
     @ui
     def use_sample():
@@ -282,8 +281,9 @@ def _wire_dataset(ctx: AppContext, data: DatasetWidgets, buttons: dict[str, gr.B
         return gr.update(choices=datasets.list_datasets(ctx.ws), value=folder.name), trigger, note
 
     buttons["sample"].click(use_sample, None, [data.dataset, data.trigger, message], **private)
+    checked = [data.gallery, data.table, data.report]
     for event in (data.dataset.change, buttons["check"].click):
-        event(ui(load_dataset), None, outputs, inputs_kwargs=shown, **private)
+        event(ui(load_dataset), None, checked, inputs_kwargs=shown, **private)
 
     @ui
     def save_captions(choice, rows, trigger_word, resolution):
@@ -304,8 +304,9 @@ def _wire_dataset(ctx: AppContext, data: DatasetWidgets, buttons: dict[str, gr.B
         **private,
     )  # fmt: skip
     buttons["save"].click(
-        save_captions, None, outputs, inputs_kwargs={**shown, "rows": data.table}, **private
-    )
+        save_captions, None, [data.table, data.report, message], inputs_kwargs={**shown, "rows": data.table},
+        **private,
+    )  # fmt: skip
 
 
 def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: dict[str, gr.Button],
