@@ -351,6 +351,7 @@ def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: 
 
     def tick(job_id, last: dict, said: dict, picked=None, follow: bool = True):
         """``follow``: the timer moves on from a job that ended; a pick or Refresh shows what was asked."""
+        asked = job_id
         if follow or job_id is None:
             status = last.get("status") if last.get("job") == job_id else None
             job_id = followed_job(ctx.db, job_id, status, pinned=picked is not None and picked == job_id)
@@ -366,8 +367,10 @@ def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: 
         changed = {key for key in now if now[key] != last.get(key)}
         values = {**now, "loss_plot": pd.DataFrame(view.losses, columns=["step", "loss"])}
         out.update(shown.updates({key: values[key] for key in changed - {"job", "status"}}))
-        if changed & {"jobs", "job"}:
-            out[shown.job] = gr.update(choices=job_choices(ctx.db), value=job_id)
+        if "jobs" in changed or job_id != asked:  # the value only when it moves: never undo a pick in flight
+            out[shown.job] = gr.update(
+                choices=job_choices(ctx.db), **({"value": job_id} if job_id != asked else {})
+            )
         return {**out, seen: now}
 
     outputs = [*shown.components(), seen, message, watched]
