@@ -83,6 +83,11 @@ def test_train_status_list_and_generate(app, client):
     recipe = read_recipe(strong)  # the downloaded PNG carries its recipe
     assert [(a.name, a.weights.weight) for a in recipe.adapters] == [("ink", 1.5)]
     assert (recipe.settings.seed, recipe.settings.steps) == (5, 2)
+    blocks = json.dumps([{"name": "ink", "weight": 1.0, "blocks": {"down": 0.5, "up.1": 0}}])
+    shaped = client.predict(
+        "a circle", blocks, "", 5, 2, 5.0, 32, 32, "euler-a", "default", api_name="/generate"
+    )
+    assert read_recipe(shaped).adapters[0].weights.blocks == {"down": 0.5, "up.1": 0.0}
 
 
 def test_bad_requests_get_clear_messages(client):

@@ -107,6 +107,7 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     expect(page.locator("#train-message")).to_contain_text("Created dataset shapes with 12 files")
     expect(page.locator("#train-captions")).to_contain_text("a square on a red background")
     expect(page.locator("#train-report")).to_contain_text("resolution 128")  # the preset's, not a default
+    expect(page.locator("#train-report")).to_contain_text("Dataset datasets/shapes")  # not the server's path
     page.locator("#train-captions").get_by_text("a square on a red background").dblclick()
     editor = page.locator("#train-captions textarea, #train-captions input[type=text]").first
     editor.wait_for()  # the cell editor is open
@@ -215,7 +216,7 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     expect(page.locator("#mix-weight-0 input[type=number]")).to_have_value("1")
     page.get_by_text("Bake the blend into one file").click()
     page.locator("#mix-bake").click()
-    expect(page.locator("#mix-message")).to_contain_text("Baked")
+    expect(page.locator("#mix-message")).to_contain_text("Baked adapters/my-blend.safetensors")
     baked = inspect_file(ws / "adapters" / "my-blend.safetensors")
     assert baked.metadata["studio.bake_method"] == "exact"
     assert max(baked.ranks) == 12  # ranks 8 + 4 concatenated where both adapters touch a layer

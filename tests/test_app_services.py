@@ -15,7 +15,7 @@ from studio.app.mixing import MixService, Slot
 from studio.app.progress import JobView, read_losses
 from studio.app.workspace import Workspace
 from studio.errors import StudioError
-from studio.recipes import GenerationSettings
+from studio.recipes import GenerationSettings, read_recipe
 
 FAST = GenerationSettings(prompt="a circle", seed=3, steps=1, width=32, height=32)
 
@@ -130,3 +130,16 @@ def test_progress_reads_partial_metrics_and_formats_eta(ws, db, tmp_path):
 def test_workspace_database_is_reopened_not_reset(ws, db):
     db.add_adapter(name="a", path="adapters/a.safetensors", source="imported")
     assert [r.name for r in Database(ws.db_path).adapters()] == ["a"]
+
+
+def test_block_weights_travel_through_generation_recipes_and_back(two_adapters):
+    ws, db = two_adapters
+    mix = MixService(ws, db)
+    blocks = {"down": 0.5, "mid": 0.0, "up.1": 1.5}
+    slots = [Slot("ink", weight=0.8, blocks=blocks), Slot("neon")]
+    (image,) = mix.generate("default", slots, FAST)
+    assert read_recipe(image).adapters[0].weights.blocks == blocks  # the PNG carries them
+    recipe, restored = mix.load_recipe(image)
+    assert restored == slots and restored[0].blocks == blocks
+    saved = mix.save_recipe("default", restored, FAST, "blocks")
+    assert json.loads(saved.read_text())["adapters"][0]["blocks"] == blocks

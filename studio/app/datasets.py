@@ -8,8 +8,10 @@ never make the app write elsewhere.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from studio.app.messages import shown_paths
 from studio.app.uploads import UploadLimits, UploadResult, import_uploads
 from studio.app.workspace import Workspace, safe_name
 from studio.atomic import write_text
@@ -19,8 +21,10 @@ from studio.data.files import is_inside
 from studio.data.images import IMAGE_EXTENSIONS
 from studio.data.report import DatasetReport, check_dataset
 from studio.errors import StudioError
+from studio.samples import make_demo_dataset
 
 Row = list[str]
+SAMPLE_TRIGGER = "inkstyle"  # the trigger word the app suggests for the sample dataset
 
 
 def list_datasets(ws: Workspace) -> list[str]:
@@ -30,6 +34,11 @@ def list_datasets(ws: Workspace) -> list[str]:
 def create_dataset(ws: Workspace, name: str, files: list[str | Path], limits: UploadLimits) -> UploadResult:
     target = ws.unique(ws.datasets, safe_name(name, "dataset"))
     return import_uploads(files, target, ws.uploads, limits)
+
+
+def create_sample(ws: Workspace) -> tuple[Path, str]:
+    """The 8-shape sample dataset as a new dataset folder, and its trigger word."""
+    return make_demo_dataset(ws.unique(ws.datasets, "sample-shapes")), SAMPLE_TRIGGER
 
 
 def dataset_folder(ws: Workspace, choice: str) -> Path:
@@ -87,6 +96,25 @@ def caption_rows(folder: Path, report: DatasetReport) -> list[Row]:
         state = status.get(path) or status.get(path.with_suffix("")) or "ok"
         rows.append([path.relative_to(folder).as_posix(), caption.text if caption else "", state])
     return rows
+
+
+@dataclass
+class DatasetView:
+    """What the Train tab shows of a dataset: thumbnails, caption rows, the check's report."""
+
+    thumbnails: list[tuple[str, str]]
+    rows: list[Row]
+    report: str
+
+
+def dataset_view(
+    ws: Workspace, choice: str, trigger: str | None, resolution: int, limit: int = 200
+) -> DatasetView:
+    folder = dataset_folder(ws, choice)
+    checked = check(folder, trigger, resolution)
+    bad = {problem.path for problem in checked.problems}
+    thumbs = [(str(path), path.name) for path in image_files(folder) if path not in bad][:limit]
+    return DatasetView(thumbs, caption_rows(folder, checked), shown_paths(checked.format(), ws.root))
 
 
 def save_captions(folder: Path, rows: list[Row]) -> int:

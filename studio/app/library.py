@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
 from studio.app.db import AdapterRow, Database, Job
+from studio.app.messages import shown_paths
 from studio.app.workspace import Workspace, safe_name
 from studio.atomic import atomic_path
 from studio.errors import StudioError
@@ -89,6 +91,26 @@ def adapter_file(ws: Workspace, row: AdapterRow) -> Path:
     return ws.resolve(row.path)
 
 
+def names(db: Database) -> list[str]:
+    return [row.name for row in db.adapters()]
+
+
+def download_files(ws: Workspace, db: Database, name: str) -> tuple[Path, Path | None]:
+    """The adapter's kohya file and its diffusers twin (None when it has none), for download."""
+    row = db.adapter(name)
+    return adapter_file(ws, row), ws.resolve(row.diffusers_path) if row.diffusers_path else None
+
+
+def api_rows(db: Database) -> list[dict]:
+    """The library for API clients; files under "file" keys (a "path" key makes gradio_client download it)."""
+    rows = []
+    for row in db.adapters():
+        values = asdict(row)
+        values["file"], values["diffusers_file"] = values.pop("path"), values.pop("diffusers_path")
+        rows.append(values)
+    return rows
+
+
 def rename(ws: Workspace, db: Database, key: int | str, new_name: str) -> AdapterRow:
     row = db.adapter(key)
     stem = safe_name(new_name, "")
@@ -154,4 +176,4 @@ def thumbnails(ws: Workspace, db: Database) -> list[tuple[str, str]]:
 
 
 def metadata_text(ws: Workspace, row: AdapterRow) -> str:
-    return format_report(inspect_file(adapter_file(ws, row)))
+    return shown_paths(format_report(inspect_file(adapter_file(ws, row))), ws.root)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from studio.adapters import Adapter, file_sha256, load_adapter
 from studio.app import library
@@ -36,10 +38,55 @@ class Slot:
     weight: float = 1.0
     unet: float = 1.0
     text_encoder: float = 1.0
+    blocks: Mapping[str, float] = field(default_factory=dict)  # UNet block weights, as in a recipe
 
     @property
     def weights(self) -> AdapterWeights:
-        return AdapterWeights(self.weight, self.unet, self.text_encoder, self.enabled)
+        return AdapterWeights(self.weight, self.unet, self.text_encoder, self.enabled, dict(self.blocks))
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> Slot:
+        """An API entry ``{"name", "weight", "unet", "text_encoder", "enabled", "blocks"}``."""
+        blocks = entry.get("blocks") or {}
+        if not isinstance(blocks, dict):
+            raise StudioError('"blocks" must be an object like {"down": 1, "mid": 0.5, "up": 0}')
+        try:
+            numbers = [float(entry.get(key, 1.0)) for key in ("weight", "unet", "text_encoder")]
+        except (TypeError, ValueError):
+            raise StudioError(
+                f"adapter {entry['name']!r}: weight, unet and text_encoder must be numbers"
+            ) from None
+        weights = AdapterWeights(*numbers, bool(entry.get("enabled", True)), blocks)  # checks the block names
+        return cls(str(entry["name"]), weights.enabled, weights.weight, weights.unet, weights.text_encoder,
+                   dict(weights.blocks))  # fmt: skip
+
+
+def settings_from(
+    prompt: str, negative: str, seed: float | None, steps: float, guidance: float, width: float | None,
+    height: float | None, scheduler: str, batch: float | None = 1,
+) -> GenerationSettings:  # fmt: skip
+    """Settings from form values (0 or empty size: the base's native size)."""
+    if not (prompt or "").strip():
+        raise StudioError("type a prompt")
+    return GenerationSettings(
+        prompt=prompt.strip(), negative=(negative or "").strip(), seed=int(seed or 0), steps=int(steps),
+        guidance=float(guidance), width=int(width) if width else None, height=int(height) if height else None,
+        batch=int(batch or 1), scheduler=scheduler,
+    )  # fmt: skip
+
+
+def adapter_choices(db: Database) -> list[tuple[str, str]]:
+    """The slot pickers: (label, library name), with an empty choice first."""
+    return [("(none)", "")] + [(f"{r.name} ({r.family}, rank {r.rank})", r.name) for r in db.adapters()]
+
+
+def recipe_choices(ws: Workspace) -> list[str]:
+    return sorted(path.stem for path in ws.recipes.glob("*.json"))
+
+
+def recipe_path(ws: Workspace, name: str) -> Path:
+    """A saved recipe by its name in the picker."""
+    return ws.recipes / f"{safe_name(name, 'recipe')}.json"
 
 
 class MixService:
@@ -167,7 +214,7 @@ class MixService:
                 missing.append(entry.name)
                 continue
             w = entry.weights
-            slots.append(Slot(match.name, w.enabled, w.weight, w.unet, w.text_encoder))
+            slots.append(Slot(match.name, w.enabled, w.weight, w.unet, w.text_encoder, dict(w.blocks)))
         if missing:
             raise StudioError(
                 f"the recipe uses adapters that are not in the library: {', '.join(missing)}",

@@ -45,3 +45,19 @@ def base_label(ws: Workspace, spec: str) -> str:
     if spec == DEFAULT or _HUB_ID.match(spec) and not spec.startswith("/"):
         return spec
     return ws.relative(spec) if ws.contains(spec) else spec
+
+
+def base_fields(ws: Workspace, spec: str) -> tuple[str, str, bool]:
+    """A stored base spec as the picker shows it: (choice, hub id, found).
+
+    A hub id goes into the hub field; a model in the workspace is chosen in the list;
+    anything else (a model that is not here) falls back to the default, ``found`` False.
+    """
+    label = base_label(ws, spec)
+    if label == DEFAULT:
+        return DEFAULT, "", True
+    if label in [value for _, value in base_choices(ws)]:
+        return label, "", True
+    if _HUB_ID.match(label) and not label.startswith(("/", ".", "models/")):
+        return DEFAULT, label, True
+    return DEFAULT, "", False

@@ -7,17 +7,14 @@ so the client receives a real PNG file (with its recipe chunk), not a server pat
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import gradio as gr
 
+from studio.app import library, training
 from studio.app.context import AppContext
-from studio.app.mixing import Slot
+from studio.app.mixing import Slot, settings_from
 from studio.app.models import resolve_base
-from studio.app.progress import job_view
 from studio.app.ui.common import GENERATE, guard
-from studio.app.ui.mix_tab import settings_from
-from studio.app.ui.train_tab import DEFAULT_PRESET, submit_job
 from studio.errors import StudioError
 
 
@@ -28,71 +25,53 @@ def _json_arg(text: str, what: str):
         raise StudioError(f"{what} must be JSON ({exc})") from None
 
 
-def _status(ctx: AppContext, job_id: int) -> dict:
-    view = job_view(ctx.db, job_id, ctx.jobs.log_path(job_id))
-    job = view.job
-    return {
-        "id": job.id, "name": job.name, "status": job.status, "step": job.step, "total": job.total,
-        "epoch": job.epoch, "loss": job.loss, "percent": round(view.percent, 1), "eta_seconds": view.eta_seconds,
-        "error": job.error, "pid": job.pid, "adapter": ctx.db.adapter(job.adapter_id).name if job.adapter_id else None,
-        "samples": len(view.samples), "text": view.status_text(),
-    }  # fmt: skip
-
-
 def build(ctx: AppContext) -> None:
+    api = guard(ctx.ws.root, api=True)
+
     def train(
-        dataset: str, name: str = "", preset: str = DEFAULT_PRESET, base: str = "default", trigger: str = "",
+        dataset: str, name: str = "", preset: str = training.DEFAULT_PRESET, base: str = "default", trigger: str = "",
         options_json: str = "{}",
     ) -> dict:  # fmt: skip
         """Queue a training job on a dataset inside the workspace; returns the job's status."""
         options = _json_arg(options_json, "options_json") or {}
         if not isinstance(options, dict):
             raise StudioError("options_json must be a JSON object of TrainConfig fields")
-        job_id = submit_job(ctx, dataset, name, preset, base, "", trigger, options)
-        return _status(ctx, job_id)
+        job_id = training.submit_job(ctx, dataset, name, preset, base, "", trigger, options)
+        return training.job_status(ctx, job_id)
 
     def job_status(job_id: int) -> dict:
         """Status, progress and ETA of one job."""
-        return _status(ctx, int(job_id))
+        return training.job_status(ctx, int(job_id))
 
     def list_jobs() -> list:
         """Every job, newest first."""
-        return [_status(ctx, job.id) for job in ctx.db.jobs()]
+        return [training.job_status(ctx, job.id) for job in ctx.db.jobs()]
 
     def stop_job(job_id: int) -> dict:
         """Stop a running job (its last checkpoint stays) or cancel a queued one."""
         ctx.jobs.stop(int(job_id))
-        return _status(ctx, int(job_id))
+        return training.job_status(ctx, int(job_id))
 
     def resume_job(job_id: int) -> dict:
         """Queue a stopped, interrupted or failed job to continue from its last checkpoint."""
         ctx.jobs.resume(int(job_id))
-        return _status(ctx, int(job_id))
+        return training.job_status(ctx, int(job_id))
 
     def list_adapters() -> list:
         """The library: name, family, rank, trigger, created, images, source, file."""
-        rows = []
-        for row in ctx.db.adapters():
-            values = asdict(row)  # "path" keys would make gradio_client try to download them
-            values["file"], values["diffusers_file"] = values.pop("path"), values.pop("diffusers_path")
-            rows.append(values)
-        return rows
+        return library.api_rows(ctx.db)
 
     # Quick reads and writes skip the queue: a queue full of generations must not refuse them.
     for fn in (train, job_status, list_jobs, stop_job, resume_job, list_adapters):
-        gr.api(guard(fn), api_name=fn.__name__, queue=False)
+        gr.api(api(fn), api_name=fn.__name__, queue=False)
 
-    @guard
+    @api
     def generate(prompt, adapters_json, negative, seed, steps, guidance, width, height, scheduler, base):
-        """Adapters: JSON list of {"name", "weight", "unet", "text_encoder", "enabled"}."""
+        """Adapters: JSON list of {"name", "weight", "unet", "text_encoder", "enabled", "blocks"}."""
         entries = _json_arg(adapters_json, "adapters_json") or []
         if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
             raise StudioError('adapters_json must be a list like [{"name": "ink", "weight": 0.8}]')
-        slots = [
-            Slot(str(e["name"]), bool(e.get("enabled", True)), float(e.get("weight", 1.0)),
-                 float(e.get("unet", 1.0)), float(e.get("text_encoder", 1.0)))
-            for e in entries
-        ]  # fmt: skip
+        slots = [Slot.from_entry(e) for e in entries]
         settings = settings_from(prompt, negative, seed, steps, guidance, width, height, scheduler)
         return str(ctx.mix.generate(resolve_base(ctx.ws, base or "default"), slots, settings)[0])
 

@@ -1,14 +1,16 @@
-"""Shared UI helpers: user errors as Gradio messages, never tracebacks."""
+"""Shared UI helpers: user errors as toasts that leave the page as it was, never tracebacks."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from studio.app.messages import shown_paths
 from studio.errors import StudioError
 
 log = logging.getLogger("studio.app")
@@ -18,23 +20,47 @@ GENERATE = {"concurrency_id": "generate", "concurrency_limit": 1}
 # Cheap reads (progress ticks, tables) never wait behind a generation.
 LIGHT = {"concurrency_limit": None}
 
+Handler = Callable[..., Any]
 
-def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Show a ``StudioError`` as a message naming the file and the fix; log anything else."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except StudioError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        except Exception as exc:
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"internal error ({type(exc).__name__}: {exc}); the app keeps running") from None
+def error_text(exc: Exception, root: Path) -> str:
+    """The one line a user sees: a ``StudioError`` as it is, anything else as an internal error."""
+    if isinstance(exc, gr.Error):
+        text = str(exc.message)
+    elif isinstance(exc, StudioError):
+        text = str(exc)
+    else:
+        text = f"internal error ({type(exc).__name__}: {exc}); the app keeps running"
+    return shown_paths(text, root)
 
-    return wrapper
+
+def guard(root: Path, *, api: bool = False, quiet: bool = False) -> Callable[[Handler], Handler]:
+    """Wrap an event handler so a failure never blanks the page.
+
+    A UI handler that fails shows a warning toast and leaves every output as it was
+    (``gr.skip()``): Gradio would otherwise paint an error over each output component.
+    ``quiet`` (timers) only logs. ``api`` handlers raise ``gr.Error`` so a client gets the
+    message. Paths in messages are shown relative to the workspace ``root``.
+    """
+
+    def decorate(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not isinstance(exc, (StudioError, gr.Error)):
+                    log.exception("unexpected error in %s", fn.__name__)
+                text = error_text(exc, root)
+                if api:
+                    raise gr.Error(text, print_exception=False) from None
+                if not quiet:
+                    gr.Warning(text)
+                return gr.skip()
+
+        return wrapper
+
+    return decorate
 
 
 def number_or_none(value: float | None) -> float | None:

@@ -10,11 +10,8 @@ from studio.app.ui.common import guard
 from studio.errors import StudioError
 
 
-def names(ctx: AppContext) -> list[str]:
-    return [row.name for row in ctx.db.adapters()]
-
-
 def build(ctx: AppContext) -> gr.Tab:
+    ui = guard(ctx.ws.root)
     with gr.Tab("Library", id="library", elem_id="tab-library") as tab:
         with gr.Row():
             table = gr.Dataframe(
@@ -27,7 +24,9 @@ def build(ctx: AppContext) -> gr.Tab:
             )  # fmt: skip
         with gr.Row():
             with gr.Column(scale=2):
-                selected = gr.Dropdown(names(ctx), value=None, label="Adapter", elem_id="library-selected")
+                selected = gr.Dropdown(
+                    library.names(ctx.db), value=None, label="Adapter", elem_id="library-selected"
+                )
                 with gr.Row():
                     kohya_dl = gr.DownloadButton(
                         "Download kohya .safetensors", elem_id="library-download", interactive=False
@@ -61,7 +60,7 @@ def build(ctx: AppContext) -> gr.Tab:
                 )
 
         def refresh(choice: str | None = None):
-            current = names(ctx)
+            current = library.names(ctx.db)
             value = choice if choice in current else (current[0] if current else None)
             return (
                 library.table(ctx.db),
@@ -69,22 +68,20 @@ def build(ctx: AppContext) -> gr.Tab:
                 gr.update(choices=current, value=value),
             )
 
-        @guard
+        @ui
         def show(choice: str | None):
             if not choice:
                 return "", gr.update(value=None, interactive=False), gr.update(value=None, interactive=False)
-            row = ctx.db.adapter(choice)
-            kohya = library.adapter_file(ctx.ws, row)
-            diffusers = ctx.ws.resolve(row.diffusers_path) if row.diffusers_path else None
+            kohya, diffusers = library.download_files(ctx.ws, ctx.db, choice)
             return (
-                library.metadata_text(ctx.ws, row),
+                library.metadata_text(ctx.ws, ctx.db.adapter(choice)),
                 gr.update(value=str(kohya), interactive=True),
                 gr.update(value=str(diffusers) if diffusers else None, interactive=diffusers is not None),
             )
 
         refresh_outputs = [table, thumbs, selected]
         selected.change(show, selected, [details, kohya_dl, diffusers_dl], api_visibility="private")
-        tab.select(refresh, selected, refresh_outputs, api_visibility="private").then(
+        tab.select(ui(refresh), selected, refresh_outputs, api_visibility="private").then(
             show, selected, [details, kohya_dl, diffusers_dl], api_visibility="private"
         )
 
@@ -94,7 +91,7 @@ def build(ctx: AppContext) -> gr.Tab:
 
         table.select(pick, None, selected, api_visibility="private")
 
-        @guard
+        @ui
         def do_rename(choice, name):
             if not choice:
                 raise StudioError("choose an adapter")
@@ -110,7 +107,7 @@ def build(ctx: AppContext) -> gr.Tab:
                 return gr.update(visible=False), ""
             return gr.update(visible=True), f"Delete **{choice}** and its files? This cannot be undone."
 
-        @guard
+        @ui
         def do_delete(choice):
             library.delete(ctx.ws, ctx.db, choice)
             return (*refresh(), gr.update(visible=False), f"Deleted **{choice}**.")
@@ -121,10 +118,10 @@ def build(ctx: AppContext) -> gr.Tab:
             do_delete, selected, [*refresh_outputs, confirm_row, message], api_visibility="private"
         )
 
-        @guard
+        @ui
         def do_import(path, name):
             if not path:
-                return (*[gr.skip()] * 3, gr.skip(), "")
+                return gr.skip()
             row = library.import_file(ctx.ws, ctx.db, path, name or None)
             return (*refresh(row.name), None, f"Imported **{row.name}**.")
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -11,18 +10,26 @@ import pandas as pd
 
 from studio.app import datasets
 from studio.app.context import AppContext
-from studio.app.models import DEFAULT, base_choices, resolve_base
+from studio.app.messages import shown_paths
+from studio.app.models import DEFAULT, base_choices
 from studio.app.progress import job_view
+from studio.app.training import (
+    DEFAULT_PRESET,
+    JOB_HEADERS,
+    followed_job,
+    job_choices,
+    job_message,
+    jobs_table,
+    submit_job,
+)
 from studio.app.ui.common import LIGHT, guard, int_or_none, number_or_none
+from studio.app.ui.forms import Form
 from studio.config import TrainConfig
 from studio.errors import StudioError
 from studio.options import Show, Spec, specs
-from studio.presets import PRESETS, get_preset
-from studio.samples import make_demo_dataset
+from studio.presets import PRESETS
 
-DEFAULT_PRESET = "Quick demo (embedded model)"
 CAPTION_HEADERS = ["file", "caption", "status"]
-JOB_HEADERS = ["job", "name", "status", "progress", "created", "message"]
 
 # The advanced accordion: the options the table marks ADVANCED, in TrainConfig's order.
 _ADVANCED: list[Spec] = [spec for spec in specs(TrainConfig) if Show.ADVANCED in spec.option.show]
@@ -67,34 +74,106 @@ def config_from_widgets(values: list[Any]) -> dict[str, Any]:
     return {spec.name: _from_widget(spec, value) for spec, value in zip(_ADVANCED, values)}
 
 
-def submit_job(ctx: AppContext, dataset: str, name: str, preset: str, base: str, hub_id: str,
-               trigger: str, options: dict[str, Any]) -> int:  # fmt: skip
-    """Shared by the Start button and the ``/train`` API endpoint."""
-    folder = datasets.dataset_folder(ctx.ws, dataset)
-    values = {**dataclasses.asdict(get_preset(preset).apply()), **options}
-    values.update(
-        data=str(folder), base=resolve_base(ctx.ws, base, hub_id), trigger=(trigger or "").strip() or None
+@dataclass
+class DatasetWidgets(Form):
+    """Column 1: the dataset, its captions and its check."""
+
+    upload: gr.File
+    new_name: gr.Textbox
+    dataset: gr.Dropdown
+    trigger: gr.Textbox
+    gallery: gr.Gallery
+    table: gr.Dataframe
+    report: gr.Code
+
+
+@dataclass
+class JobWidgets(Form):
+    """What Start reads besides the advanced options (names as ``training.submit_job`` takes them)."""
+
+    dataset: gr.Dropdown
+    name: gr.Textbox
+    preset: gr.Dropdown
+    base: gr.Dropdown
+    hub_id: gr.Textbox
+    trigger: gr.Textbox
+
+
+@dataclass
+class ProgressWidgets(Form):
+    """Section 3, refreshed by the timer: only what changed is sent, so the page does not flicker."""
+
+    jobs: gr.Dataframe
+    progress: gr.HTML
+    loss_plot: gr.LinePlot
+    samples: gr.Gallery
+    log: gr.Code
+    job: gr.Dropdown
+
+
+def _dataset_column(ctx: AppContext) -> tuple[DatasetWidgets, dict[str, gr.Button], gr.Textbox, gr.Textbox]:
+    gr.Markdown("### 1 · Dataset")
+    with gr.Row():
+        upload = gr.File(
+            file_count="multiple", label="Images, captions or a zip", elem_id="train-upload",
+            file_types=["image", ".zip", ".txt", ".caption", ".jsonl", ".csv"], height=160,
+        )  # fmt: skip
+        with gr.Column():
+            new_name = gr.Textbox(label="New dataset name", value="my-style", elem_id="train-dataset-name")
+            create = gr.Button("Create dataset from upload", elem_id="train-create")
+            sample = gr.Button(
+                "…or try the sample dataset (8 drawn shapes)", size="sm", elem_id="train-sample"
+            )
+    with gr.Row():
+        dataset = gr.Dropdown(
+            datasets.list_datasets(ctx.ws), value=None, label="Dataset (or a folder inside the workspace)",
+            allow_custom_value=True, elem_id="train-dataset", scale=3,
+        )  # fmt: skip
+        trigger = gr.Textbox(label="Trigger word", elem_id="train-trigger", scale=2)
+        check = gr.Button("Check", scale=1, elem_id="train-check")
+    gallery = gr.Gallery(label="Images", columns=8, height=200, elem_id="train-gallery")
+    table = gr.Dataframe(
+        headers=CAPTION_HEADERS, type="array", interactive=True, wrap=True,
+        label="Captions (edit, then Save)", elem_id="train-captions", max_height=320, static_columns=[0, 2],
+    )  # fmt: skip
+    with gr.Row():
+        prepend = gr.Button("Prepend trigger to all", size="sm", elem_id="train-prepend")
+        find = gr.Textbox(placeholder="find", show_label=False, container=False, elem_id="train-find")
+        replace = gr.Textbox(
+            placeholder="replace with", show_label=False, container=False, elem_id="train-replace"
+        )
+        replace_btn = gr.Button("Replace", size="sm", elem_id="train-replace-btn")
+        save = gr.Button("Save captions", size="sm", variant="secondary", elem_id="train-save")
+    report = gr.Code(
+        label="Dataset check", language=None, interactive=False, lines=8, max_lines=24, elem_id="train-report"
     )
-    config = TrainConfig.from_dict(
-        {k: v for k, v in values.items() if k not in ("output", "run_dir", "resume")}
+    buttons = {"create": create, "sample": sample, "check": check, "prepend": prepend, "replace": replace_btn,
+               "save": save}  # fmt: skip
+    return DatasetWidgets(upload, new_name, dataset, trigger, gallery, table, report), buttons, find, replace
+
+
+def _progress_section(ctx: AppContext) -> tuple[ProgressWidgets, gr.Button]:
+    gr.Markdown("### 3 · Progress")
+    with gr.Row():
+        job = gr.Dropdown(job_choices(ctx.db), label="Job", elem_id="train-job", scale=3)
+        refresh = gr.Button("Refresh", size="sm", scale=1)
+    progress = gr.HTML(elem_id="train-progress")
+    with gr.Row():
+        loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=240, elem_id="train-loss")
+        samples = gr.Gallery(label="Samples (newest first)", columns=4, height=240, elem_id="train-samples")
+    log = gr.Code(label="Log", language=None, interactive=False, lines=8, elem_id="train-log")
+    jobs = gr.Dataframe(
+        headers=JOB_HEADERS,
+        value=jobs_table(ctx.db, ctx.ws.root),
+        interactive=False,
+        label="Jobs",
+        elem_id="train-jobs",
     )
-    return ctx.jobs.submit(name or folder.name, config)
-
-
-def jobs_table(ctx: AppContext) -> list[list[Any]]:
-    rows = []
-    for job in ctx.db.jobs():
-        progress = f"{job.step}/{job.total}" if job.total else ""
-        created = datetime.fromtimestamp(job.created).strftime("%Y-%m-%d %H:%M")
-        rows.append([job.id, job.name, job.status, progress, created, job.error or ""])
-    return rows
-
-
-def job_choices(ctx: AppContext) -> list[tuple[str, int]]:
-    return [(f"#{job.id} {job.name} ({job.status})", job.id) for job in ctx.db.jobs()]
+    return ProgressWidgets(jobs, progress, loss_plot, samples, log, job), refresh
 
 
 def build(ctx: AppContext) -> gr.Tab:
+    ui = guard(ctx.ws.root)
     with gr.Tab("Train", id="train", elem_id="tab-train") as tab:
         gr.Markdown(
             "Drop images (and `.txt` captions) or a zip, fix captions, pick a preset and press **Start**. "
@@ -102,51 +181,7 @@ def build(ctx: AppContext) -> gr.Tab:
         )
         with gr.Row():
             with gr.Column(scale=3):
-                gr.Markdown("### 1 · Dataset")
-                with gr.Row():
-                    upload = gr.File(
-                        file_count="multiple", label="Images, captions or a zip", elem_id="train-upload",
-                        file_types=["image", ".zip", ".txt", ".caption", ".jsonl", ".csv"], height=160,
-                    )  # fmt: skip
-                    with gr.Column():
-                        new_name = gr.Textbox(
-                            label="New dataset name", value="my-style", elem_id="train-dataset-name"
-                        )
-                        create = gr.Button("Create dataset from upload", elem_id="train-create")
-                        sample = gr.Button(
-                            "…or try the sample dataset (8 drawn shapes)", size="sm", elem_id="train-sample"
-                        )
-                with gr.Row():
-                    dataset = gr.Dropdown(
-                        datasets.list_datasets(ctx.ws), value=None, label="Dataset (or a folder inside the workspace)",
-                        allow_custom_value=True, elem_id="train-dataset", scale=3,
-                    )  # fmt: skip
-                    trigger = gr.Textbox(label="Trigger word", elem_id="train-trigger", scale=2)
-                    check_btn = gr.Button("Check", scale=1, elem_id="train-check")
-                gallery = gr.Gallery(label="Images", columns=8, height=200, elem_id="train-gallery")
-                table = gr.Dataframe(
-                    headers=CAPTION_HEADERS, type="array", interactive=True, wrap=True,
-                    label="Captions (edit, then Save)", elem_id="train-captions", max_height=320,
-                    static_columns=[0, 2],
-                )  # fmt: skip
-                with gr.Row():
-                    prepend = gr.Button("Prepend trigger to all", size="sm", elem_id="train-prepend")
-                    find = gr.Textbox(
-                        placeholder="find", show_label=False, container=False, elem_id="train-find"
-                    )
-                    replace = gr.Textbox(
-                        placeholder="replace with", show_label=False, container=False, elem_id="train-replace"
-                    )
-                    replace_btn = gr.Button("Replace", size="sm", elem_id="train-replace-btn")
-                    save = gr.Button("Save captions", size="sm", variant="secondary", elem_id="train-save")
-                report = gr.Code(
-                    label="Dataset check",
-                    language=None,
-                    interactive=False,
-                    lines=8,
-                    max_lines=24,
-                    elem_id="train-report",
-                )
+                data, buttons, find, replace = _dataset_column(ctx)
             with gr.Column(scale=2):
                 gr.Markdown("### 2 · Settings")
                 preset = gr.Dropdown(
@@ -158,8 +193,8 @@ def build(ctx: AppContext) -> gr.Tab:
                 )
                 hub_id = gr.Textbox(
                     label="…or a hub id (needs the model in the local cache offline)",
-                    placeholder="owner/name",
-                )
+                    placeholder="owner/name", elem_id="train-hub",
+                )  # fmt: skip
                 name = gr.Textbox(label="Adapter name", value="my-style", elem_id="train-name")
                 with gr.Accordion("Advanced options", open=False, elem_id="train-advanced"):
                     advanced = []
@@ -175,172 +210,164 @@ def build(ctx: AppContext) -> gr.Tab:
                     stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
                     resume = gr.Button("Resume", elem_id="train-resume")
                 message = gr.Markdown(elem_id="train-message")
-        gr.Markdown("### 3 · Progress")
-        with gr.Row():
-            job = gr.Dropdown(job_choices(ctx), label="Job", elem_id="train-job", scale=3)
-            refresh = gr.Button("Refresh", size="sm", scale=1)
-        progress = gr.HTML(elem_id="train-progress")
-        with gr.Row():
-            loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=240, elem_id="train-loss")
-            samples = gr.Gallery(
-                label="Samples (newest first)", columns=4, height=240, elem_id="train-samples"
-            )
-        log = gr.Code(label="Log", language=None, interactive=False, lines=8, elem_id="train-log")
-        jobs = gr.Dataframe(
-            headers=JOB_HEADERS, value=jobs_table(ctx), interactive=False, label="Jobs", elem_id="train-jobs"
-        )
-        last = gr.State({})
-        timer = gr.Timer(1.0)
-
-        # Dataset.
+        shown, refresh = _progress_section(ctx)
         resolution = advanced[[spec.name for spec in _ADVANCED].index("resolution")]
-
-        def load_dataset(choice: str, trigger_word: str, resolution: float | None = None):
-            if not choice:
-                return [], [], ""
-            folder = datasets.dataset_folder(ctx.ws, choice)
-            checked = datasets.check(folder, trigger_word or None, int(resolution or 512))
-            rows = datasets.caption_rows(folder, checked)
-            thumbs = [(str(item_path), item_path.name) for item_path in datasets.image_files(folder)
-                      if not any(p.path == item_path for p in checked.problems)][:200]  # fmt: skip
-            return thumbs, rows, checked.format()
-
-        @guard
-        def create_dataset(files, dataset_name, trigger_word, resolution):
-            if not files:
-                raise StudioError("drop images, captions or a zip first")
-            result = datasets.create_dataset(ctx.ws, dataset_name, [str(f) for f in files], ctx.limits)
-            choice = result.folder.name
-            thumbs, rows, text = load_dataset(choice, trigger_word, resolution)
-            note = f"Created dataset **{choice}** with {len(result.written)} files."
-            if result.skipped:
-                note += f" Skipped {len(result.skipped)}: " + "; ".join(result.skipped[:5])
-            return (
-                gr.update(choices=datasets.list_datasets(ctx.ws), value=choice),
-                None,
-                thumbs,
-                rows,
-                text,
-                note,
-            )
-
-        create.click(
-            create_dataset, [upload, new_name, trigger, resolution], [dataset, upload, gallery, table, report, message],
-            api_visibility="private",
-        )  # fmt: skip
-
-        @guard
-        def use_sample():
-            folder = make_demo_dataset(ctx.ws.unique(ctx.ws.datasets, "sample-shapes"))
-            note = (
-                f"Created dataset **{folder.name}**: 8 shapes with captions. Its trigger word is `inkstyle`."
-            )
-            return gr.update(choices=datasets.list_datasets(ctx.ws), value=folder.name), "inkstyle", note
-
-        sample.click(use_sample, None, [dataset, trigger, message], api_visibility="private")
-        for event in (dataset.change, check_btn.click):
-            event(
-                guard(load_dataset),
-                [dataset, trigger, resolution],
-                [gallery, table, report],
-                api_visibility="private",
-            )
-
-        @guard
-        def prepend_trigger(rows, trigger_word):
-            return datasets.prepend_trigger(_rows(rows), trigger_word)
-
-        @guard
-        def find_replace(rows, find_text, replace_text):
-            return datasets.find_replace(_rows(rows), find_text, replace_text)
-
-        @guard
-        def save_captions(choice, rows, trigger_word, resolution):
-            folder = datasets.dataset_folder(ctx.ws, choice)
-            changed = datasets.save_captions(folder, _rows(rows))
-            thumbs, new_rows, text = load_dataset(choice, trigger_word, resolution)
-            return new_rows, text, f"Saved {changed} caption file(s)."
-
-        prepend.click(prepend_trigger, [table, trigger], table, api_visibility="private")
-        replace_btn.click(find_replace, [table, find, replace], table, api_visibility="private")
-        save.click(
-            save_captions,
-            [dataset, table, trigger, resolution],
-            [table, report, message],
-            api_visibility="private",
-        )
-
-        # Settings and actions.
+        _wire_dataset(ctx, data, buttons, find, replace, resolution, message)
         preset.input(  # the user picked one (not a value set on page load)
-            lambda p: [PRESETS[p].description, *preset_values(p)], preset, [preset_info, *advanced],
+            ui(lambda p: [PRESETS[p].description, *preset_values(p)]), preset, [preset_info, *advanced],
             api_visibility="private",
         )  # fmt: skip
-
-        @guard
-        def on_start(choice, adapter_name, preset_name, base_choice, hub, trigger_word, *values):
-            job_id = submit_job(ctx, choice, adapter_name, preset_name, base_choice, hub, trigger_word,
-                                config_from_widgets(list(values)))  # fmt: skip
-            return gr.update(choices=job_choices(ctx), value=job_id), f"Queued job #{job_id}."
-
-        @guard
-        def on_stop(job_id):
-            if job_id is None:
-                raise StudioError("choose a job")
-            found = ctx.jobs.stop(int(job_id))
-            return (
-                f"Stopping job #{found.id}…"
-                if found.status == "running"
-                else f"Job #{found.id} {found.status}."
-            )
-
-        @guard
-        def on_resume(job_id):
-            if job_id is None:
-                raise StudioError("choose a job")
-            ctx.jobs.resume(int(job_id))
-            return f"Job #{job_id} queued to resume from its last checkpoint."
-
-        start.click(
-            on_start, [dataset, name, preset, base, hub_id, trigger, *advanced], [job, message],
-            api_visibility="private",
-        )  # fmt: skip
-        stop.click(on_stop, job, message, api_visibility="private")
-        resume.click(on_resume, job, message, api_visibility="private")
-
-        # Live progress: only what changed is sent, so the page does not flicker.
-        def tick(job_id, seen: dict):
-            table_rows = jobs_table(ctx)
-            if job_id is None and table_rows:
-                job_id = table_rows[0][0]
-            if job_id is None:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
-            view = job_view(ctx.db, int(job_id), ctx.jobs.log_path(int(job_id)))
-            state = {
-                "jobs": table_rows, "html": view.html(), "loss": view.losses, "samples": view.samples,
-                "log": view.log_tail, "job": job_id,
-            }  # fmt: skip
-            out = [
-                table_rows if state["jobs"] != seen.get("jobs") else gr.skip(),
-                state["html"] if state["html"] != seen.get("html") else gr.skip(),
-                pd.DataFrame(view.losses, columns=["step", "loss"]) if state["loss"] != seen.get("loss") else gr.skip(),
-                view.samples if state["samples"] != seen.get("samples") else gr.skip(),
-                view.log_tail if state["log"] != seen.get("log") else gr.skip(),
-                gr.update(choices=job_choices(ctx), value=job_id)
-                if state["jobs"] != seen.get("jobs") or job_id != seen.get("job") else gr.skip(),
-            ]  # fmt: skip
-            return (*out, state)
-
-        outputs = [jobs, progress, loss_plot, samples, log, job, last]
-        timer.tick(
-            guard(tick), [job, last], outputs, api_visibility="private", show_progress="hidden", **LIGHT
-        )
-        refresh.click(lambda j: tick(j, {}), [job], outputs, api_visibility="private")
-        job.change(lambda j: tick(j, {}), [job], outputs, api_visibility="private", show_progress="hidden")
+        actions = {"start": start, "stop": stop, "resume": resume, "refresh": refresh}
+        _wire_jobs(ctx, JobWidgets(data.dataset, name, preset, base, hub_id, data.trigger), advanced, actions,
+                   shown, message)  # fmt: skip
         tab.select(
-            lambda: (gr.update(choices=datasets.list_datasets(ctx.ws)), gr.update(choices=base_choices(ctx.ws))),
-            None, [dataset, base], api_visibility="private",
+            ui(lambda: (gr.update(choices=datasets.list_datasets(ctx.ws)), gr.update(choices=base_choices(ctx.ws)))),
+            None, [data.dataset, base], api_visibility="private",
         )  # fmt: skip
     return tab
+
+
+def _wire_dataset(ctx: AppContext, data: DatasetWidgets, buttons: dict[str, gr.Button], find: gr.Textbox,
+                  replace: gr.Textbox, resolution: gr.Number, message: gr.Markdown) -> None:  # fmt: skip
+    """Create (from an upload or the sample), check, and edit the captions of a dataset."""
+    ui, private = guard(ctx.ws.root), {"api_visibility": "private"}
+    shown = {"choice": data.dataset, "trigger_word": data.trigger, "resolution": resolution}
+
+    def load_dataset(choice: str, trigger_word: str, resolution: float | None = None) -> dict[Any, Any]:
+        if not choice:
+            return {data.gallery: [], data.table: [], data.report: ""}
+        view = datasets.dataset_view(ctx.ws, choice, trigger_word or None, int(resolution or 512))
+        return {data.gallery: view.thumbnails, data.table: view.rows, data.report: view.report}
+
+    @ui
+    def create_dataset(files, dataset_name, resolution):
+        if not files:
+            raise StudioError("drop images, captions or a zip first")
+        result = datasets.create_dataset(ctx.ws, dataset_name, [str(f) for f in files], ctx.limits)
+        choice = result.folder.name
+        note = f"Created dataset **{choice}** with {len(result.written)} files."
+        if result.skipped:
+            note += f" Skipped {len(result.skipped)}: " + "; ".join(result.skipped[:5])
+        return {  # a new dataset's trigger starts empty: the sample's word must not carry over
+            **load_dataset(choice, "", resolution), data.upload: None, data.trigger: "", message: note,
+            data.dataset: gr.update(choices=datasets.list_datasets(ctx.ws), value=choice),
+        }  # fmt: skip
+
+    created = [data.upload, data.dataset, data.trigger, data.gallery, data.table, data.report, message]
+    buttons["create"].click(create_dataset, [data.upload, data.new_name, resolution], created, **private)
+
+    @ui
+    def use_sample():
+        folder, trigger = datasets.create_sample(ctx.ws)
+        note = f"Created dataset **{folder.name}**: 8 shapes with captions. Its trigger word is `{trigger}`."
+        return gr.update(choices=datasets.list_datasets(ctx.ws), value=folder.name), trigger, note
+
+    buttons["sample"].click(use_sample, None, [data.dataset, data.trigger, message], **private)
+    checked = [data.gallery, data.table, data.report]
+    for event in (data.dataset.change, buttons["check"].click):
+        event(ui(load_dataset), None, checked, inputs_kwargs=shown, **private)
+
+    @ui
+    def save_captions(choice, rows, trigger_word, resolution):
+        changed = datasets.save_captions(datasets.dataset_folder(ctx.ws, choice), _rows(rows))
+        view = load_dataset(choice, trigger_word, resolution)
+        return {
+            data.table: view[data.table],
+            data.report: view[data.report],
+            message: f"Saved {changed} caption file(s).",
+        }
+
+    buttons["prepend"].click(
+        ui(lambda rows, word: datasets.prepend_trigger(_rows(rows), word)), [data.table, data.trigger], data.table,
+        **private,
+    )  # fmt: skip
+    buttons["replace"].click(
+        ui(lambda rows, a, b: datasets.find_replace(_rows(rows), a, b)), [data.table, find, replace], data.table,
+        **private,
+    )  # fmt: skip
+    buttons["save"].click(
+        save_captions, None, [data.table, data.report, message], inputs_kwargs={**shown, "rows": data.table},
+        **private,
+    )  # fmt: skip
+
+
+def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: dict[str, gr.Button],
+               shown: ProgressWidgets, message: gr.Markdown) -> None:  # fmt: skip
+    """Start, Stop, Resume, and the live progress that follows the running job."""
+    ui, private = guard(ctx.ws.root), {"api_visibility": "private"}
+    watched = gr.State({})  # {"id", "text"}: the job the message line speaks of, and what it said
+    seen = gr.State({})  # what the page shows now, so a tick sends only what changed
+
+    def announce(job_id: int) -> dict[Any, Any]:
+        text = job_message(ctx.db.job(job_id), ctx.ws.root)
+        return {message: text, watched: {"id": job_id, "text": text}}
+
+    @ui
+    def on_start(*values, **kw):
+        job_id = submit_job(ctx, **form.values(kw), options=config_from_widgets(list(values)))
+        return {shown.job: gr.update(choices=job_choices(ctx.db), value=job_id), **announce(job_id)}
+
+    @ui
+    def on_stop(job_id):
+        if job_id is None:
+            raise StudioError("choose a job")
+        return announce(ctx.jobs.stop(int(job_id)).id)
+
+    @ui
+    def on_resume(job_id):
+        if job_id is None:
+            raise StudioError("choose a job")
+        return announce(ctx.jobs.resume(int(job_id)).id)
+
+    actions["start"].click(on_start, advanced, [shown.job, message, watched], inputs_kwargs=form.inputs(),
+                           **private)  # fmt: skip
+    actions["stop"].click(on_stop, shown.job, [message, watched], **private)
+    actions["resume"].click(on_resume, shown.job, [message, watched], **private)
+
+    def message_now(said: dict) -> dict[Any, Any]:
+        """The message line again if the job it speaks of has moved on ("Queued" -> "failed")."""
+        if said.get("id") is None:
+            return {}
+        text = job_message(ctx.db.job(said["id"]), ctx.ws.root)
+        return {} if text == said.get("text") else {message: text, watched: {"id": said["id"], "text": text}}
+
+    def tick(job_id, last: dict, said: dict, picked=None, follow: bool = True):
+        """``follow``: the timer moves on from a job that ended; a pick or Refresh shows what was asked."""
+        asked = job_id
+        if follow or job_id is None:
+            status = last.get("status") if last.get("job") == job_id else None
+            job_id = followed_job(ctx.db, job_id, status, pinned=picked is not None and picked == job_id)
+        out = message_now(said)
+        if job_id is None:
+            return out or gr.skip()
+        view = job_view(ctx.db, int(job_id), ctx.jobs.log_path(int(job_id)))
+        now = {
+            "jobs": jobs_table(ctx.db, ctx.ws.root), "progress": shown_paths(view.html(), ctx.ws.root),
+            "loss_plot": view.losses, "samples": view.samples, "log": shown_paths(view.log_tail, ctx.ws.root),
+            "job": job_id, "status": view.job.status,
+        }  # fmt: skip
+        changed = {key for key in now if now[key] != last.get(key)}
+        values = {**now, "loss_plot": pd.DataFrame(view.losses, columns=["step", "loss"])}
+        out.update(shown.updates({key: values[key] for key in changed - {"job", "status"}}))
+        if "jobs" in changed or job_id != asked:  # the value only when it moves: never undo a pick in flight
+            out[shown.job] = gr.update(
+                choices=job_choices(ctx.db), **({"value": job_id} if job_id != asked else {})
+            )
+        return {**out, seen: now}
+
+    outputs = [*shown.components(), seen, message, watched]
+    picked = gr.State(None)  # the job the user chose by hand in the picker
+    shown.job.input(lambda job_id: job_id, shown.job, picked, **private)
+    tick_inputs = {"job_id": shown.job, "last": seen, "said": watched, "picked": picked}
+    gr.Timer(1.0).tick(
+        guard(ctx.ws.root, quiet=True)(tick), None, outputs, inputs_kwargs=tick_inputs, show_progress="hidden",
+        **private, **LIGHT,
+    )  # fmt: skip
+    fresh = {"job_id": shown.job, "said": watched}
+    actions["refresh"].click(ui(lambda job_id, said: tick(job_id, {}, said, follow=False)), None, outputs, inputs_kwargs=fresh,
+                             **private)  # fmt: skip
+    shown.job.change(ui(lambda job_id, said: tick(job_id, {}, said, follow=False)), None, outputs, inputs_kwargs=fresh,
+                     show_progress="hidden", **private)  # fmt: skip
 
 
 def _rows(rows: Any) -> list[list[str]]:
