@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import tomllib
 import warnings
 from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from studio.atomic import write_text
 from studio.errors import StudioError

@@ -203,7 +203,7 @@ def test_stop_message_and_progress_follow_the_jobs(app, page, files):
     expect(page.locator("#train-progress .studio-progress")).to_have_attribute("data-status", "running")
     page.locator("#train-stop").click()
     expect(page.locator("#train-message")).to_contain_text(
-        "Job #2 stopped: stopped by the user.", timeout=SLOW
+        "Job #2 stopped: stopped by the user; checkpoint saved at step", timeout=SLOW
     )
     text = page.locator("#train-progress .studio-progress-text")
     expect(text).to_contain_text("job #3 short", timeout=SLOW)  # the panel moved on to the next job

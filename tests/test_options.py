@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import tomllib
 
 import pytest
-import tomllib
 
 from studio.cli import build_parser, main
 from studio.cli.train import config_from_args

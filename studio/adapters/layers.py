@@ -211,7 +211,3 @@ class FullDelta:
 
     def delta(self, weight_shape: Shape, device=None) -> Tensor:
         return _f32(self.diff, device).reshape(weight_shape)
-
-
-# The old name, still imported by studio/mixer/bake.py; remove once that says LoraDelta.
-LoraLayer = LoraDelta

@@ -21,10 +21,10 @@ from studio.app.db import Database
 from studio.app.library import register_trained
 from studio.app.workspace import Workspace
 from studio.config import TrainConfig
-from studio.errors import StudioError
+from studio.errors import StopTraining, StudioError
 
 
-class StopTraining(Exception):
+class JobStop(StopTraining):
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
@@ -36,26 +36,26 @@ class _Watch:
     def __init__(self, db: Database, job_id: int):
         self.db, self.job_id = db, job_id
         self.parent = os.getppid()
-        self.stop: StopTraining | None = None
+        self.stop: JobStop | None = None
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_int)  # the app shutting down (or Ctrl-C in its terminal)
         threading.Thread(target=self._watch_parent, daemon=True).start()
 
     def _on_term(self, *_: object) -> None:
-        self.stop = StopTraining("stopped", "stopped by the user")
+        self.stop = JobStop("stopped", "stopped by the user")
 
     def _on_int(self, *_: object) -> None:
-        self.stop = StopTraining("interrupted", "the app stopped while the job was running")
+        self.stop = JobStop("interrupted", "the app stopped while the job was running")
 
     def _watch_parent(self) -> None:
         while self.stop is None:
             if os.getppid() != self.parent:
-                self.stop = StopTraining("interrupted", "the app stopped while the job was running")
+                self.stop = JobStop("interrupted", "the app stopped while the job was running")
             time.sleep(0.5)
 
     def check(self) -> None:
         if self.stop is None and self.db.job(self.job_id).stop_requested:
-            self.stop = StopTraining("stopped", "stopped by the user")
+            self.stop = JobStop("stopped", "stopped by the user")
         if self.stop is not None:
             raise self.stop
 
@@ -88,12 +88,14 @@ def run_job(ws: Workspace, job_id: int) -> int:
 
     try:
         result = train(config, on_step=on_step)
+        if result.stopped and watch.stop is not None:  # the run saved a checkpoint at this step
+            note = f"{watch.stop.reason}; checkpoint saved at step {result.steps}"
+            db.set_status_if(job_id, ("running",), status=watch.stop.status, finished=time.time(), error=note)
+            print(note, flush=True)
+            return 0
         adapter_id = register_trained(ws, db, db.job(job_id), result.outputs, result.run_dir)
         db.set_status_if(job_id, ("running",), status="finished", finished=time.time(), adapter_id=adapter_id)
         print(f"finished: {', '.join(map(str, result.outputs))}", flush=True)
-    except StopTraining as stop:
-        db.set_status_if(job_id, ("running",), status=stop.status, finished=time.time(), error=stop.reason)
-        print(stop.reason, flush=True)
     except StudioError as exc:
         db.set_status_if(job_id, ("running",), status="failed", finished=time.time(), error=str(exc))
         print(f"error: {exc}", flush=True)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from studio.adapters.adapter import LayerKey
-from studio.adapters.layers import LoraLayer
+from studio.adapters.layers import LoraDelta
 from studio.errors import StudioError
 from studio.formats.kohya import save_kohya
 from studio.formats.kohya_names import ModuleRef, kohya_name
@@ -61,7 +61,7 @@ def _exact_factors(key: LayerKey, terms: Terms, weight_shape: tuple[int, ...]) -
     downs, ups = [], []
     for adapter, coefficient in terms:
         layer = adapter.layers[key]
-        if not (isinstance(layer, LoraLayer) and layer.is_plain):
+        if not (isinstance(layer, LoraDelta) and layer.is_plain):
             raise StudioError(
                 f"an exact bake needs plain LoRA factors, but {key[0]}:{key[1]} of adapter "
                 f"{adapter.name!r} is {layer.kind}{' with a Tucker mid' if layer.kind == 'lora' else ''}",
