@@ -37,6 +37,7 @@ from studio.formats.metadata import (
 )
 from studio.lora.tensors import LoraTensors
 from studio.mixer.blend import BlendItem, Terms, blend_terms
+from studio.mixer.lbw import layers_per_block
 from studio.models.family import ModelFamily, prediction_type
 
 
@@ -143,7 +144,7 @@ def bake_blend(
     out = Path(out)
     if rank is not None and rank < 1:
         raise StudioError(f"bake rank must be at least 1, got {rank}")
-    wanted = blend_terms(items)
+    wanted = blend_terms(items, layers_per_block(components))
     if not wanted:
         raise StudioError("nothing to bake: every adapter is disabled or at weight 0")
     unet_config = components["unet"].config
