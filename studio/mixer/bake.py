@@ -104,10 +104,16 @@ def _metadata(items: Sequence[BlendItem], family: ModelFamily, prediction: str, 
             "name": it.adapter.name,
             "file": it.adapter.path.name,  # a name, not a local path: the file may be shared
             "sha256": it.adapter.sha256,
+            **(
+                {"resolution": "{}x{}".format(*size)}
+                if (size := metadata_resolution(it.adapter.info.metadata))
+                else {}
+            ),
             **it.weights.to_dict(),
         }
         for it in items
     ]
+    resolution = _resolution(items)
     triggers = [it.adapter.info.trigger for it in items if it.weights.enabled and it.adapter.info.trigger]
     return {
         "ss_network_module": "networks.lora",
@@ -118,9 +124,12 @@ def _metadata(items: Sequence[BlendItem], family: ModelFamily, prediction: str, 
             family,
             prediction,
             title=title,
-            resolution=_resolution(items),
+            resolution=resolution,
             trigger=", ".join(dict.fromkeys(triggers)),
         ),
+        **(
+            {"ss_resolution": str(resolution)} if resolution else {}
+        ),  # kohya's "(w, h)", as sd-scripts writes it
         "studio.version": studio_version(),
         "studio.bake_sources": json.dumps(sources),
     }
