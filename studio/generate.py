@@ -63,18 +63,16 @@ def _number(value: float) -> str:
 
 
 def lora_tags(recipe: Recipe) -> str:
-    """``<lora:name:w>``, or ``<lora:name:te:unet>`` when the two strengths differ (A1111 syntax)."""
+    """``<lora:name:w>``, or ``<lora:name:te:unet>`` when the two strengths differ (A1111 syntax);
+    a LoRA Block Weight vector or preset follows as ``:lbw=…``, as that extension reads it."""
     tags = []
     for entry in recipe.adapters:
         w = entry.weights
         te, unet = w.weight * w.text_encoder, w.weight * w.unet
         if not w.enabled or (te == 0 and unet == 0):
             continue
-        tags.append(
-            f"<lora:{entry.name}:{_number(unet)}>"
-            if te == unet
-            else f"<lora:{entry.name}:{_number(te)}:{_number(unet)}>"
-        )
+        strengths = _number(unet) if te == unet else f"{_number(te)}:{_number(unet)}"
+        tags.append(f"<lora:{entry.name}:{strengths}{f':lbw={w.lbw}' if w.lbw else ''}>")
     return " ".join(tags)
 
 

@@ -88,7 +88,9 @@ class Recipe:
         adapters = []
         for entry in data.get("adapters", []):
             weights = {
-                k: entry[k] for k in ("weight", "unet", "text_encoder", "enabled", "blocks") if k in entry
+                k: entry[k]
+                for k in ("weight", "unet", "text_encoder", "enabled", "blocks", "lbw")
+                if k in entry
             }
             adapters.append(
                 AdapterEntry(

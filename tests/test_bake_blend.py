@@ -113,6 +113,8 @@ def test_baked_metadata_names_sources_by_file_and_keeps_their_resolution(tmp_pat
     assert [(s["file"], s["sha256"]) for s in sources] == [
         (path.name, hashlib.sha256(path.read_bytes()).hexdigest()) for path in paths
     ]
+    assert [s.get("resolution") for s in sources] == ["128x128", "128x128", None]  # each as it states
+    assert metadata["ss_resolution"] == "(128, 128)"
     assert str(tmp_path) not in json.dumps(metadata) and all("path" not in s for s in sources)
 
     bake_blend(items[2:], pipe.components, SD1, tmp_path / "default.safetensors")

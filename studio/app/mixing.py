@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from studio.adapters import Adapter, file_sha256, load_adapter
+from studio.adapters.info import adapter_info, read_sidecar
 from studio.app import library
 from studio.app.db import Database
 from studio.app.models import base_label
 from studio.app.workspace import Workspace, safe_name
 from studio.atomic import atomic_path
+from studio.data.captions import has_word
 from studio.errors import StudioError
+from studio.formats.safetensors_io import read_header
 from studio.generate import PLAIN, FastPath, GenerationSession
 from studio.grid import adapter_prompt_grid, weight_seed_grid
 from studio.mixer import AdapterWeights, BakeReport, BlendItem, bake_blend
@@ -39,14 +43,17 @@ class Slot:
     unet: float = 1.0
     text_encoder: float = 1.0
     blocks: Mapping[str, float] = field(default_factory=dict)  # UNet block weights, as in a recipe
+    lbw: str = ""  # A1111 LoRA Block Weight preset or vector, as typed
 
     @property
     def weights(self) -> AdapterWeights:
-        return AdapterWeights(self.weight, self.unet, self.text_encoder, self.enabled, dict(self.blocks))
+        return AdapterWeights(
+            self.weight, self.unet, self.text_encoder, self.enabled, dict(self.blocks), self.lbw
+        )
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> Slot:
-        """An API entry ``{"name", "weight", "unet", "text_encoder", "enabled", "blocks"}``."""
+        """An API entry ``{"name", "weight", "unet", "text_encoder", "enabled", "blocks", "lbw"}``."""
         blocks = entry.get("blocks") or {}
         if not isinstance(blocks, dict):
             raise StudioError('"blocks" must be an object like {"down": 1, "mid": 0.5, "up": 0}')
@@ -56,9 +63,11 @@ class Slot:
             raise StudioError(
                 f"adapter {entry['name']!r}: weight, unet and text_encoder must be numbers"
             ) from None
-        weights = AdapterWeights(*numbers, bool(entry.get("enabled", True)), blocks)  # checks the block names
+        weights = AdapterWeights(
+            *numbers, bool(entry.get("enabled", True)), blocks, str(entry.get("lbw") or "")
+        )
         return cls(str(entry["name"]), weights.enabled, weights.weight, weights.unet, weights.text_encoder,
-                   dict(weights.blocks))  # fmt: skip
+                   dict(weights.blocks), weights.lbw)  # fmt: skip
 
 
 def settings_from(
@@ -78,6 +87,30 @@ def settings_from(
 def adapter_choices(db: Database) -> list[tuple[str, str]]:
     """The slot pickers: (label, library name), with an empty choice first."""
     return [("(none)", "")] + [(f"{r.name} ({r.family}, rank {r.rank})", r.name) for r in db.adapters()]
+
+
+def trigger_words(ws: Workspace, db: Database, name: str, most: int = 6) -> list[str]:
+    """A library adapter's trigger first, then its most frequent training tags (``ss_tag_frequency``).
+
+    Read from the file's header and sidecar only (never its tensors): this runs on every pick.
+    """
+    if not name:
+        return []
+    path = library.adapter_file(ws, db.adapter(name))
+    with warnings.catch_warnings():  # a broken tag list only loses the hints
+        warnings.simplefilter("ignore")
+        info = adapter_info(path, read_header(path).metadata, read_sidecar(path), [])
+    words = [info.trigger] if info.trigger else []
+    words += [tag for tag, count in info.tags if count > 0 and tag not in words]
+    return words[:most]
+
+
+def insert_word(prompt: str, word: str) -> tuple[str, bool]:
+    """``prompt`` with ``word`` appended as a comma tag; (prompt, False) when it is already there."""
+    prompt = (prompt or "").strip()
+    if has_word(prompt, word):
+        return prompt, False
+    return (f"{prompt.rstrip(', ')}, {word}" if prompt else word), True
 
 
 def recipe_choices(ws: Workspace) -> list[str]:
@@ -214,7 +247,7 @@ class MixService:
                 missing.append(entry.name)
                 continue
             w = entry.weights
-            slots.append(Slot(match.name, w.enabled, w.weight, w.unet, w.text_encoder, dict(w.blocks)))
+            slots.append(Slot(match.name, w.enabled, w.weight, w.unet, w.text_encoder, dict(w.blocks), w.lbw))
         if missing:
             raise StudioError(
                 f"the recipe uses adapters that are not in the library: {', '.join(missing)}",

@@ -37,6 +37,7 @@ from studio.formats.metadata import (
 )
 from studio.lora.tensors import LoraTensors
 from studio.mixer.blend import BlendItem, Terms, blend_terms
+from studio.mixer.lbw import layers_per_block
 from studio.models.family import ModelFamily, prediction_type
 
 
@@ -103,10 +104,16 @@ def _metadata(items: Sequence[BlendItem], family: ModelFamily, prediction: str, 
             "name": it.adapter.name,
             "file": it.adapter.path.name,  # a name, not a local path: the file may be shared
             "sha256": it.adapter.sha256,
+            **(
+                {"resolution": "{}x{}".format(*size)}
+                if (size := metadata_resolution(it.adapter.info.metadata))
+                else {}
+            ),
             **it.weights.to_dict(),
         }
         for it in items
     ]
+    resolution = _resolution(items)
     triggers = [it.adapter.info.trigger for it in items if it.weights.enabled and it.adapter.info.trigger]
     return {
         "ss_network_module": "networks.lora",
@@ -117,9 +124,12 @@ def _metadata(items: Sequence[BlendItem], family: ModelFamily, prediction: str, 
             family,
             prediction,
             title=title,
-            resolution=_resolution(items),
+            resolution=resolution,
             trigger=", ".join(dict.fromkeys(triggers)),
         ),
+        **(
+            {"ss_resolution": str(resolution)} if resolution else {}
+        ),  # kohya's "(w, h)", as sd-scripts writes it
         "studio.version": studio_version(),
         "studio.bake_sources": json.dumps(sources),
     }
@@ -143,7 +153,7 @@ def bake_blend(
     out = Path(out)
     if rank is not None and rank < 1:
         raise StudioError(f"bake rank must be at least 1, got {rank}")
-    wanted = blend_terms(items)
+    wanted = blend_terms(items, layers_per_block(components))
     if not wanted:
         raise StudioError("nothing to bake: every adapter is disabled or at weight 0")
     unet_config = components["unet"].config

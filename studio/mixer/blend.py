@@ -2,7 +2,8 @@
 
 For layer ℓ the blend's update is ΔW_ℓ = Σᵢ cᵢ,ℓ · ΔWᵢ,ℓ, where ΔWᵢ,ℓ is adapter i's own
 update (its alpha/rank scale included) and cᵢ,ℓ = weight × component strength × block
-weight. Block weights apply to every UNet layer inside the block (attention, resnets,
+weight × LoRA-Block-Weight ratio (``lbw``, A1111's vectors: see ``studio.mixer.lbw``).
+Block weights apply to every UNet layer inside the block (attention, resnets,
 up/down-samplers), unlike diffusers' ``set_adapters`` which scales attention only.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 from studio.adapters.adapter import Adapter, LayerKey
 from studio.errors import StudioError
+from studio.mixer.lbw import block_index, parse_lbw
 
 _BLOCK_KEY = re.compile(r"^(down|up)(\.\d+)?$|^mid$")
 _UNET_BLOCK = re.compile(r"^(down|up)_blocks\.(\d+)\.|^(mid)_block\.")
@@ -38,7 +40,8 @@ class AdapterWeights:
 
     ``blocks`` scales UNet groups: ``{"down": 1.0, "mid": 0.5, "up": 0.0}``; a numbered key
     (``"up.1"``) overrides its group. Layers outside the blocks (``conv_in``, time
-    embedding, ``conv_out``) and unlisted groups keep weight 1.
+    embedding, ``conv_out``) and unlisted groups keep weight 1. ``lbw`` is an A1111 LoRA Block
+    Weight preset or vector (text, kept as typed); it multiplies on top of ``blocks``.
     """
 
     weight: float = 1.0
@@ -46,6 +49,8 @@ class AdapterWeights:
     text_encoder: float = 1.0
     enabled: bool = True
     blocks: Mapping[str, float] = field(default_factory=dict)
+    lbw: str = ""
+    _lbw_ratios: tuple[float, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for value in (self.weight, self.unet, self.text_encoder, *self.blocks.values()):
@@ -55,9 +60,11 @@ class AdapterWeights:
         if bad:
             raise StudioError(f"unknown UNet block {bad[0]!r}: use down, mid, up or down.N / up.N")
         object.__setattr__(self, "blocks", {k: float(v) for k, v in self.blocks.items()})
+        object.__setattr__(self, "lbw", str(self.lbw or "").strip())
+        object.__setattr__(self, "_lbw_ratios", parse_lbw(self.lbw))
 
-    def coefficient(self, component: str, path: str) -> float:
-        """cᵢ,ℓ for one layer of this adapter."""
+    def coefficient(self, component: str, path: str, layers_per_block: int = 2) -> float:
+        """cᵢ,ℓ for one layer of this adapter (``layers_per_block`` of the UNet numbers LBW's blocks)."""
         if not self.enabled:
             return 0.0
         strength = self.unet if component == "unet" else self.text_encoder
@@ -65,6 +72,11 @@ class AdapterWeights:
         if component == "unet" and self.blocks and (block := unet_block(path)):
             group, numbered = block
             coefficient *= self.blocks.get(numbered, self.blocks.get(group, 1.0))
+        if (
+            self._lbw_ratios is not None
+            and (index := block_index(component, path, layers_per_block)) is not None
+        ):
+            coefficient *= self._lbw_ratios[index]
         return coefficient
 
     def to_dict(self) -> dict:
@@ -74,6 +86,7 @@ class AdapterWeights:
             "text_encoder": self.text_encoder,
             "enabled": self.enabled,
             "blocks": dict(self.blocks),
+            **({"lbw": self.lbw} if self.lbw else {}),
         }
 
 
@@ -83,12 +96,12 @@ class BlendItem:
     weights: AdapterWeights = AdapterWeights()
 
 
-def blend_terms(items: Sequence[BlendItem]) -> dict[LayerKey, Terms]:
+def blend_terms(items: Sequence[BlendItem], layers_per_block: int = 2) -> dict[LayerKey, Terms]:
     """Per layer, the non-zero (adapter, coefficient) terms of the blend."""
     terms: dict[LayerKey, list[tuple[Adapter, float]]] = {}
     for item in items:
         for key in item.adapter.layers:
-            coefficient = item.weights.coefficient(*key)
+            coefficient = item.weights.coefficient(*key, layers_per_block)
             if coefficient != 0.0:
                 terms.setdefault(key, []).append((item.adapter, coefficient))
     return {key: tuple(value) for key, value in terms.items()}

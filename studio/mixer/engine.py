@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from studio.adapters.adapter import Adapter, LayerKey
 from studio.adapters.layers import AdapterDelta
 from studio.mixer.blend import BlendItem, Terms, blend_terms
+from studio.mixer.lbw import layers_per_block
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class BlendEngine:
     def set_blend(self, items: Sequence[BlendItem]) -> PatchStats:
         """Make the weights equal base + this blend, rewriting only the layers that change."""
         self._forget_adapters_except({item.adapter for item in items})
-        wanted = blend_terms(items)
+        wanted = blend_terms(items, layers_per_block(self._components))
         changed = [
             key for key in wanted.keys() | self._applied.keys() if wanted.get(key) != self._applied.get(key)
         ]

@@ -1,7 +1,10 @@
 """Mix tab: adapters on sliders over a base, generate, compare, save/load recipes, bake.
 
 Every event takes the widgets by name (``MixForm.inputs``) and calls the mixing service;
-a failure shows a toast and leaves the tab as it was.
+a failure shows a toast and leaves the tab as it was. All ``SLOTS`` slot columns exist from
+the start; "add"/"remove" only show or hide them (a removed slot is emptied first).
+Results are shown at their own size (``scale-down``: never enlarged or cropped); a click
+opens the full preview.
 """
 
 from __future__ import annotations
@@ -16,19 +19,31 @@ from studio.app import library
 from studio.app.block_fields import block_field_texts, parse_block_fields
 from studio.app.context import AppContext
 from studio.app.messages import shown_paths
-from studio.app.mixing import Slot, adapter_choices, recipe_choices, recipe_path, settings_from
+from studio.app.mixing import (
+    Slot,
+    adapter_choices,
+    insert_word,
+    recipe_choices,
+    recipe_path,
+    settings_from,
+    trigger_words,
+)
 from studio.app.models import DEFAULT, base_choices, base_fields, resolve_base
 from studio.app.ui.common import GENERATE, guard, int_or_none
 from studio.app.ui.forms import Form
+from studio.errors import StudioError
 from studio.generate import SCHEDULERS
+from studio.mixer.lbw import PRESETS, parse_lbw
 from studio.recipes import GenerationSettings
 
-SLOTS = 4
+SLOTS = 8  # slot columns built; at most this many adapters in one blend
+SHOWN = 2  # slots shown when the tab opens
+NATIVE = {"object_fit": "scale-down", "allow_preview": True}  # galleries: own size, click to enlarge
 
 
 @dataclass
 class SlotForm(Form):
-    """One adapter slot: picker, switch, sliders and the three block-weight fields."""
+    """One adapter slot: picker, switch, sliders, the three block-weight fields and an LBW vector."""
 
     adapter: gr.Dropdown
     enabled: gr.Checkbox
@@ -38,20 +53,38 @@ class SlotForm(Form):
     down: gr.Textbox
     mid: gr.Textbox
     up: gr.Textbox
+    lbw: gr.Textbox
 
-    def read(self, kwargs: dict[str, Any], prefix: str) -> Slot:
+    def read(self, kwargs: dict[str, Any], prefix: str, number: int) -> Slot:
         v = self.values(kwargs, prefix)
+        lbw = (v["lbw"] or "").strip()
+        if v["adapter"]:
+            try:
+                parse_lbw(lbw)
+            except StudioError as exc:
+                raise StudioError(
+                    f"adapter {number} ({v['adapter']}): {exc.message}", hint=exc.hint
+                ) from None
         return Slot(
             v["adapter"] or "", bool(v["enabled"]), float(v["weight"]), float(v["unet"]),
-            float(v["text_encoder"]), parse_block_fields(v),
+            float(v["text_encoder"]), parse_block_fields(v), lbw,
         )  # fmt: skip
 
     def show(self, slot: Slot, choices: list[tuple[str, str]]) -> dict[Any, Any]:
         return self.updates({
             "adapter": gr.update(choices=choices, value=slot.adapter), "enabled": slot.enabled,
             "weight": slot.weight, "unet": slot.unet, "text_encoder": slot.text_encoder,
-            **block_field_texts(slot.blocks),
+            **block_field_texts(slot.blocks), "lbw": slot.lbw,
         })  # fmt: skip
+
+
+@dataclass
+class SlotView:
+    """What a slot shows besides its inputs: its column (shown or hidden) and its trigger words."""
+
+    column: gr.Column
+    words: gr.Markdown
+    insert: gr.Button
 
 
 @dataclass
@@ -94,7 +127,7 @@ class MixForm:
         return resolve_base(ctx.ws, kwargs["base"], kwargs["hub_id"])
 
     def read_slots(self, kwargs: dict[str, Any]) -> list[Slot]:
-        return [slot.read(kwargs, f"slot{i}_") for i, slot in enumerate(self.slots)]
+        return [slot.read(kwargs, f"slot{i}_", i + 1) for i, slot in enumerate(self.slots)]
 
     def components(self) -> list[Any]:
         return [
@@ -105,11 +138,14 @@ class MixForm:
         ]
 
 
-def _slot_column(ctx: AppContext, i: int) -> SlotForm:
-    with gr.Column(min_width=200, elem_id=f"mix-slot-{i}"):
+def _slot_column(ctx: AppContext, i: int) -> tuple[SlotForm, SlotView]:
+    with gr.Column(min_width=200, elem_id=f"mix-slot-{i}", visible=i < SHOWN) as column:
         adapter = gr.Dropdown(
             adapter_choices(ctx.db), value="", label=f"Adapter {i + 1}", elem_id=f"mix-adapter-{i}"
         )
+        with gr.Row():
+            words = gr.Markdown(elem_id=f"mix-triggers-{i}")
+            insert = gr.Button("Insert", size="sm", visible=False, elem_id=f"mix-insert-{i}", min_width=60)
         enabled = gr.Checkbox(value=True, label="enabled", elem_id=f"mix-enabled-{i}")
         weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="weight", elem_id=f"mix-weight-{i}")
         with gr.Accordion("UNet / text-encoder / block strength", open=False, elem_id=f"mix-parts-{i}"):
@@ -121,7 +157,23 @@ def _slot_column(ctx: AppContext, i: int) -> SlotForm:
                     for group in ("down", "mid", "up")
                 ]
             gr.Markdown("UNet blocks: empty = 1; a number, and for down/up `1:0.5` per numbered block.")
-    return SlotForm(adapter, enabled, weight, unet, te, *blocks)
+            lbw = gr.Textbox(
+                label="LoRA Block Weight (A1111)", placeholder="e.g. MIDD, or 17 values: 1,0,0,0,1,1,1,1,…",
+                elem_id=f"mix-lbw-{i}",
+            )  # fmt: skip
+            gr.Markdown(
+                f"Presets {', '.join(PRESETS)}; or 17 / 26 values (SD 1.x/2.x), 12 / 20 (SDXL): "
+                "BASE (text encoder), IN…, M00, OUT…, as the extension reads them. Multiplies the fields above."
+            )
+    return SlotForm(adapter, enabled, weight, unet, te, *blocks, lbw), SlotView(column, words, insert)
+
+
+def _words_shown(words: list[str]) -> tuple[str, dict[str, Any]]:
+    """The trigger line and its insert button for a slot's adapter."""
+    if not words:
+        return "", gr.update(visible=False)
+    text = f"Trigger: `{words[0]}`" + (f" · tags: {', '.join(words[1:])}" if len(words) > 1 else "")
+    return text, gr.update(visible=True, value=f"Insert {words[0]}")
 
 
 def _settings_column() -> tuple[SettingsForm, gr.Checkbox, gr.Slider]:
@@ -151,8 +203,15 @@ def build(ctx: AppContext) -> gr.Tab:
             hub_id = gr.Textbox(label="…or a hub id", placeholder="owner/name", scale=2, elem_id="mix-hub")
             lora_upload = gr.File(label="Upload a LoRA (.safetensors) into the library", file_types=[".safetensors"],
                                   elem_id="mix-upload", scale=2, height=120)  # fmt: skip
+        built = []
+        for row in range(0, SLOTS, 4):
+            with gr.Row():
+                built += [_slot_column(ctx, i) for i in range(row, row + 4)]
+        slots, views = [b[0] for b in built], [b[1] for b in built]
+        count = gr.State(SHOWN)
         with gr.Row():
-            slots = [_slot_column(ctx, i) for i in range(SLOTS)]
+            add_slot = gr.Button("+ Add an adapter slot", size="sm", elem_id="mix-add-slot")
+            remove_slot = gr.Button("− Remove the last slot", size="sm", elem_id="mix-remove-slot")
         with gr.Row():
             with gr.Column(scale=2):
                 settings, randomize, batch = _settings_column()
@@ -160,8 +219,11 @@ def build(ctx: AppContext) -> gr.Tab:
                 message = gr.Markdown(elem_id="mix-message")
                 with gr.Accordion("Comparison grid", open=False):
                     grid_kind = gr.Radio([("adapters × prompts", "adapters"), ("weights × seeds (first adapter)", "weights")],
-                                         value="adapters", label="Grid")  # fmt: skip
-                    grid_values = gr.Textbox(label="Prompts (one per line) or weights (comma list)", lines=2)
+                                         value="adapters", label="Grid", elem_id="mix-grid-kind")  # fmt: skip
+                    grid_prompts = gr.Textbox(label="Prompts, one per line (empty: the prompt above)", lines=2,
+                                              elem_id="mix-grid-prompts")  # fmt: skip
+                    grid_weights = gr.Textbox(label="Weights of the first adapter, comma list", value="0, 0.5, 1",
+                                              elem_id="mix-grid-weights", visible=False)  # fmt: skip
                     grid_btn = gr.Button("Make grid", elem_id="mix-grid")
                 with gr.Accordion("Recipe", open=False):
                     recipe_drop = gr.File(label="Drop a studio PNG or a recipe .json to restore it",
@@ -183,23 +245,98 @@ def build(ctx: AppContext) -> gr.Tab:
                     bake_btn = gr.Button("Bake", elem_id="mix-bake")
                     bake_file = gr.File(label="Baked adapter", interactive=False, elem_id="mix-bake-file")
             with gr.Column(scale=3):
-                gallery = gr.Gallery(
-                    label="Images", columns=3, height=420, elem_id="mix-gallery", format="png"
-                )
-                grid_image = gr.Image(
-                    label="Grid", type="filepath", interactive=False, elem_id="mix-grid-image"
-                )
+                gallery = gr.Gallery(label="Images (own size; click to enlarge)", columns=3, height=420,
+                                     elem_id="mix-gallery", format="png", **NATIVE)  # fmt: skip
+                grid_image = gr.Gallery(label="Grid", columns=1, height=420, elem_id="mix-grid-image",
+                                        format="png", **NATIVE)  # fmt: skip
         form = MixForm(base, hub_id, slots, settings)
-        private = {"api_visibility": "private"}
+        mix = MixTab(ctx, ui, form, views, count, message)
+        mix.wire_slots(add_slot, remove_slot)
+        mix.wire_generate(generate, randomize, batch, gallery)
+        mix.wire_grid(grid_btn, grid_kind, grid_prompts, grid_weights, grid_image)
+        mix.wire_recipes(recipe_drop, recipe_name, save_recipe, recipe_file, saved_recipes, load_saved)
+        mix.wire_bake(bake_btn, bake_name, bake_rank, bake_file)
+        mix.wire_library(tab, lora_upload, saved_recipes)
+    return tab
+
+
+PRIVATE = {"api_visibility": "private"}
+
+
+@dataclass
+class MixTab:
+    """The tab's events: each guarded, each answering only the components it computes."""
+
+    ctx: AppContext
+    ui: Any
+    form: MixForm
+    views: list[SlotView]
+    count: gr.State
+    message: gr.Markdown
+
+    def shown(self, n: int) -> dict[Any, Any]:
+        return {view.column: gr.update(visible=i < n) for i, view in enumerate(self.views)}
+
+    def wire_slots(self, add: gr.Button, remove: gr.Button) -> None:
+        ui, form, views, prompt = self.ui, self.form, self.views, self.form.settings.prompt
+        columns = [view.column for view in views]
 
         @ui
+        def do_add(n):
+            if n >= SLOTS:
+                raise StudioError(f"{SLOTS} adapter slots is the most a blend has")
+            return {**self.shown(n + 1), self.count: n + 1}
+
+        @ui
+        def do_remove(n):
+            if n <= 1:
+                raise StudioError("one adapter slot always stays")
+            last = form.slots[n - 1]
+            return {**self.shown(n - 1), self.count: n - 1, last.adapter: "", last.lbw: ""}
+
+        add.click(do_add, self.count, [*columns, self.count], **PRIVATE)
+        last_fields = [c for slot in form.slots for c in (slot.adapter, slot.lbw)]
+        remove.click(do_remove, self.count, [*columns, self.count, *last_fields], **PRIVATE)
+
+        for slot, view in zip(form.slots, views, strict=True):
+
+            @ui
+            def show_words(name):
+                return _words_shown(trigger_words(self.ctx.ws, self.ctx.db, name))
+
+            @ui
+            def do_insert(name, text):
+                words = trigger_words(self.ctx.ws, self.ctx.db, name)
+                if not words:
+                    return gr.skip()
+                new, added = insert_word(text, words[0])
+                note = (
+                    f"Added `{words[0]}` to the prompt."
+                    if added
+                    else f"`{words[0]}` is already in the prompt."
+                )
+                return {prompt: new, self.message: note}
+
+            slot.adapter.change(show_words, slot.adapter, [view.words, view.insert], **PRIVATE)
+            view.insert.click(do_insert, [slot.adapter, prompt], [prompt, self.message], **PRIVATE)
+
+    def wire_generate(
+        self, button: gr.Button, randomize: gr.Checkbox, batch: gr.Slider, gallery: gr.Gallery
+    ) -> None:
+        ctx, form, settings = self.ctx, self.form, self.form.settings
+
+        @self.ui
         def do_generate(rand, n, history, **kw):
             slot_values = form.read_slots(kw)
             settings_ = settings.read(kw, batch=n)
             if rand:
                 settings_ = replace(settings_, seed=random.randrange(2**31))
             paths = ctx.mix.generate(form.base_spec(ctx, kw), slot_values, settings_)
-            blend = ", ".join(f"{s.adapter} {s.weight:g}" for s in slot_values if s.adapter and s.enabled)
+            blend = ", ".join(
+                f"{s.adapter} {s.weight:g}" + (f" lbw={s.lbw}" if s.lbw else "")
+                for s in slot_values
+                if s.adapter and s.enabled
+            )
             items = [
                 (str(p), f"seed {settings_.seed + i}" + (f" · {blend}" if blend else ""))
                 for i, p in enumerate(paths)
@@ -210,42 +347,74 @@ def build(ctx: AppContext) -> gr.Tab:
             note = f"Generated {len(paths)} image(s), seed {settings_.seed}."
             return [*items, *previous][:24], settings_.seed, note
 
-        generate.click(
-            do_generate, [randomize, batch, gallery], [gallery, settings.seed, message],
-            inputs_kwargs=form.inputs(), **private, **GENERATE,
+        button.click(
+            do_generate, [randomize, batch, gallery], [gallery, settings.seed, self.message],
+            inputs_kwargs=form.inputs(), **PRIVATE, **GENERATE,
         )  # fmt: skip
 
-        @ui
-        def do_grid(kind, grid_text, **kw):
-            return str(
-                ctx.mix.grid(
-                    form.base_spec(ctx, kw), form.read_slots(kw), settings.read(kw), kind, grid_text or ""
-                )
-            )
+    def wire_grid(
+        self, button: gr.Button, kind: gr.Radio, prompts: gr.Textbox, weights: gr.Textbox, image: gr.Gallery
+    ) -> None:
+        ctx, form = self.ctx, self.form
 
-        grid_btn.click(
-            do_grid, [grid_kind, grid_values], grid_image, inputs_kwargs=form.inputs(), **private, **GENERATE
+        @self.ui
+        def do_grid(kind_, prompts_, weights_, **kw):
+            values = (weights_ if kind_ == "weights" else prompts_) or ""
+            path = ctx.mix.grid(
+                form.base_spec(ctx, kw), form.read_slots(kw), form.settings.read(kw), kind_, values
+            )
+            return [str(path)], f"Made the grid {ctx.ws.relative(path)}."
+
+        @self.ui
+        def show_fields(kind_):
+            return gr.update(visible=kind_ != "weights"), gr.update(visible=kind_ == "weights")
+
+        kind.change(show_fields, kind, [prompts, weights], **PRIVATE)
+        button.click(
+            do_grid,
+            [kind, prompts, weights],
+            [image, self.message],
+            inputs_kwargs=form.inputs(),
+            **PRIVATE,
+            **GENERATE,
         )
 
-        @ui
-        def do_save_recipe(name, **kw):
-            path = ctx.mix.save_recipe(form.base_spec(ctx, kw), form.read_slots(kw), settings.read(kw), name)
+    def wire_recipes(
+        self,
+        drop: gr.File,
+        name: gr.Textbox,
+        save: gr.Button,
+        file: gr.File,
+        saved: gr.Dropdown,
+        load: gr.Button,
+    ) -> None:
+        ctx, form = self.ctx, self.form
+
+        @self.ui
+        def do_save_recipe(name_, **kw):
+            path = ctx.mix.save_recipe(
+                form.base_spec(ctx, kw), form.read_slots(kw), form.settings.read(kw), name_
+            )
             choices = gr.update(choices=recipe_choices(ctx.ws), value=path.stem)
             return str(path), choices, f"Saved recipe {ctx.ws.relative(path)}."
 
-        save_recipe.click(
-            do_save_recipe, [recipe_name], [recipe_file, saved_recipes, message],
-            inputs_kwargs=form.inputs(), **private, **GENERATE,
-        )  # fmt: skip
+        save.click(
+            do_save_recipe,
+            [name],
+            [file, saved, self.message],
+            inputs_kwargs=form.inputs(),
+            **PRIVATE,
+            **GENERATE,
+        )
 
-        @ui
-        def do_load_recipe(path):
+        @self.ui
+        def do_load_recipe(path, n):
             if not path:
                 return gr.skip()
             recipe, found = ctx.mix.load_recipe(path)
             choices = adapter_choices(ctx.db)
             out: dict[Any, Any] = {}
-            for i, widgets in enumerate(slots):
+            for i, widgets in enumerate(form.slots):
                 out.update(widgets.show(found[i] if i < len(found) else Slot(""), choices))
             choice, hub, known = base_fields(ctx.ws, recipe.base)
             note = f"Restored the recipe ({len(found)} adapter(s), seed {recipe.settings.seed})."
@@ -253,32 +422,41 @@ def build(ctx: AppContext) -> gr.Tab:
                 note += f" Only the first {SLOTS} adapters fit in the slots."
             if not known:
                 note += f" Its base {recipe.base!r} is not in the workspace: the default is chosen."
+            shown = min(SLOTS, max(n, len(found)))
             return {
-                **out, **settings.show(recipe.settings), message: note, hub_id: hub,
-                base: gr.update(choices=base_choices(ctx.ws), value=choice),
+                **out, **form.settings.show(recipe.settings), self.message: note, form.hub_id: hub,
+                form.base: gr.update(choices=base_choices(ctx.ws), value=choice), **self.shown(shown), self.count: shown,
             }  # fmt: skip
 
-        recipe_outputs = [*form.components(), message]
-        recipe_drop.upload(do_load_recipe, recipe_drop, recipe_outputs, **private)
-        load_saved.click(
-            lambda name: do_load_recipe(str(recipe_path(ctx.ws, name)) if name else None),
-            saved_recipes, recipe_outputs, **private,
+        outputs = [*form.components(), self.message, *(v.column for v in self.views), self.count]
+        drop.upload(do_load_recipe, [drop, self.count], outputs, **PRIVATE)
+        load.click(
+            lambda name_, n: do_load_recipe(str(recipe_path(ctx.ws, name_)) if name_ else None, n),
+            [saved, self.count], outputs, **PRIVATE,
         )  # fmt: skip
 
-        @ui
-        def do_bake(name, rank, **kw):
-            path, report = ctx.mix.bake(form.base_spec(ctx, kw), form.read_slots(kw), name, int_or_none(rank))
+    def wire_bake(self, button: gr.Button, name: gr.Textbox, rank: gr.Number, file: gr.File) -> None:
+        ctx, form = self.ctx, self.form
+
+        @self.ui
+        def do_bake(name_, rank_, **kw):
+            path, report = ctx.mix.bake(
+                form.base_spec(ctx, kw), form.read_slots(kw), name_, int_or_none(rank_)
+            )
             return str(path), f"Baked {shown_paths(report.summary(), ctx.ws.root)}; it is now in the Library."
 
-        bake_btn.click(
-            do_bake, [bake_name, bake_rank], [bake_file, message],
-            inputs_kwargs=form.inputs(with_settings=False), **private, **GENERATE,
+        button.click(
+            do_bake, [name, rank], [file, self.message],
+            inputs_kwargs=form.inputs(with_settings=False), **PRIVATE, **GENERATE,
         )  # fmt: skip
 
-        pickers = [slot.adapter for slot in slots]
+    def wire_library(self, tab: gr.Tab, upload: gr.File, saved: gr.Dropdown) -> None:
+        ctx, form = self.ctx, self.form
+        pickers = [slot.adapter for slot in form.slots]
+        columns = [view.column for view in self.views]
 
-        @ui
-        def do_upload(path, *current):
+        @self.ui
+        def do_upload(path, n, *current):
             if not path:
                 return gr.skip()
             row = library.import_file(ctx.ws, ctx.db, path)
@@ -290,17 +468,25 @@ def build(ctx: AppContext) -> gr.Tab:
                 else gr.update(choices=choices)
                 for i, picker in enumerate(pickers)
             }
-            return {**out, message: f"Imported **{row.name}** into the library."}
+            shown = max(n, free + 1) if free is not None else n
+            note = f"Imported **{row.name}** into the library."
+            if free is None:
+                note += " Every slot is taken: pick it in a slot to use it."
+            return {**out, **self.shown(shown), self.count: shown, self.message: note}
 
-        lora_upload.upload(do_upload, [lora_upload, *pickers], [*pickers, message], **private)
+        upload.upload(
+            do_upload,
+            [upload, self.count, *pickers],
+            [*pickers, *columns, self.count, self.message],
+            **PRIVATE,
+        )
 
-        @ui
+        @self.ui
         def refresh_choices():
             return {
                 **{picker: gr.update(choices=adapter_choices(ctx.db)) for picker in pickers},
-                base: gr.update(choices=base_choices(ctx.ws)),
-                saved_recipes: gr.update(choices=recipe_choices(ctx.ws)),
+                form.base: gr.update(choices=base_choices(ctx.ws)),
+                saved: gr.update(choices=recipe_choices(ctx.ws)),
             }
 
-        tab.select(refresh_choices, None, [*pickers, base, saved_recipes], **private)
-    return tab
+        tab.select(refresh_choices, None, [*pickers, form.base, saved], **PRIVATE)
