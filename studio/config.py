@@ -166,6 +166,9 @@ class TrainConfig:
     )
     bucket_step: int = option(64, "aspect-ratio bucket size step in px", minimum=8, metavar="PX")
     random_crop: bool = option(False, "random instead of center crops (disables latent caching)")
+    masked_loss: bool = option(
+        False, "weigh the loss per pixel by the image's alpha channel or masks/NAME.png in the dataset"
+    )
     shuffle_tags: bool = option(
         False,
         "shuffle comma-separated caption tags (after --keep-tokens)",

@@ -16,7 +16,7 @@ from studio.environment import check_versions
 from studio.errors import StudioError
 
 # Sub-command modules under studio.cli, in the order `studio --help` lists them.
-COMMANDS = ["train", "dataset", "inspect", "demo", "generate", "grid", "merge", "recipe", "app"]
+COMMANDS = ["train", "dataset", "caption", "inspect", "demo", "generate", "grid", "merge", "recipe", "app"]
 
 
 def build_parser() -> argparse.ArgumentParser:

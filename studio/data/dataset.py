@@ -19,6 +19,7 @@ from studio.data.buckets import Bucket, make_buckets, nearest_bucket
 from studio.data.captions import CAPTION_EXTENSIONS, MetadataCaptions, has_word, read_sidecar, with_trigger
 from studio.data.files import FileProblem, is_inside
 from studio.data.images import IMAGE_EXTENSIONS, probe_image
+from studio.data.masks import MASKS_FOLDER
 from studio.errors import DatasetError, StudioError
 
 _REPEATS_PREFIX = re.compile(r"^(\d+)_(.*)$")
@@ -151,6 +152,8 @@ def _folders(
     subfolders, files = walker.entries(root)
     yield _Folder(root.name, 1, None), (path for path in files if _is_image(path))
     for path in subfolders:
+        if path.name == MASKS_FOLDER:  # --masked-loss masks, never training images
+            continue
         match = _REPEATS_PREFIX.match(path.name)
         if match is None:
             dataset.notes.append(

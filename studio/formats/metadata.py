@@ -56,6 +56,7 @@ class TrainingInfo:
     flip_aug: bool = False
     random_crop: bool = False
     cache_latents: bool = False
+    masked_loss: bool = False
     # optimisation
     learning_rate: float = 1e-4
     unet_lr: float | None = None
@@ -206,6 +207,7 @@ def kohya_metadata(info: TrainingInfo) -> dict[str, str]:
         "ss_color_aug": False,  # the studio has no colour augmentation
         "ss_random_crop": info.random_crop,
         "ss_cache_latents": info.cache_latents,
+        "ss_masked_loss": info.masked_loss,
         "ss_learning_rate": info.learning_rate,
         "ss_unet_lr": info.unet_lr,
         "ss_text_encoder_lr": info.text_encoder_lr if info.train_text_encoder else None,

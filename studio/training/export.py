@@ -79,6 +79,7 @@ def training_info(
         caption_dropout_rate=config.caption_dropout,
         random_crop=config.random_crop,
         cache_latents=not config.random_crop,
+        masked_loss=config.masked_loss,
         learning_rate=config.lr,
         unet_lr=config.lr,
         text_encoder_lr=config.effective_te_lr,

@@ -51,3 +51,22 @@ def diffusion_loss(
     if scheduler.config.prediction_type == "v_prediction":
         weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1)
     return (per_sample * weight).mean()
+
+
+def latent_mask(mask, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """A pixel mask (H, W numpy array in [0, 1], or None: learn everywhere) averaged down to the
+    latent grid, shape (1, h, w)."""
+    if mask is None:
+        return torch.ones((1, *latent_hw))
+    pixels = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    return F.interpolate(pixels, size=tuple(latent_hw), mode="area")[0]
+
+
+def apply_loss_mask(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weigh each latent pixel's squared error by ``mask`` (B, 1, h, w), as sd-scripts' masked
+    loss does (the loss is multiplied by the mask, then averaged over all pixels): scaling both
+    sides by sqrt(mask) makes any (weighted) MSE loss of the family that weighted loss."""
+    scale = mask.to(prediction.device, torch.float32).sqrt()
+    return prediction.float() * scale, target.float() * scale

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from studio.config import TrainConfig
 from studio.data import DatasetConfig, ScannedDataset, epoch_batches, expand_samples, load_training_image
+from studio.data.masks import load_mask
 from studio.families import Family
 from studio.lora.inject import extract_lora, inject_lora
 from studio.models.loader import BaseModel, load_base
@@ -38,6 +39,7 @@ from studio.training.checkpoint import (
 from studio.training.data_parallel import broadcast_parameters
 from studio.training.encoding import ContentCache, encode_latents
 from studio.training.export import export_adapter
+from studio.training.loss import latent_mask
 from studio.training.metrics import trim_metrics
 from studio.training.optim import build_lr_scheduler, build_optimizer
 
@@ -71,6 +73,7 @@ class TrainRun:
     parked: list[str] = field(default_factory=list)  # components waiting on the CPU (low memory)
     started: float = field(default_factory=time.time)
     _epoch: tuple[int, list[list[int]]] | None = None
+    _masks: dict[tuple[int, Any], torch.Tensor] = field(default_factory=dict)  # --masked-loss, by crop
 
     @property
     def family(self) -> Family:
@@ -119,6 +122,15 @@ class TrainRun:
         pixels, original_size, crop = load_training_image(item, item.bucket, rng)
         latent = encode_latents(self.components["vae"], pixels[None]).to(self.weight_dtype)[0]
         return latent, original_size, crop
+
+    def loss_mask(self, index: int, crop: Any, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """Item ``index``'s loss mask on the latent grid (1, h, w), cropped as its latent was."""
+        key = (index, tuple(crop))
+        if key not in self._masks:
+            item = self.items[index]
+            mask = load_mask(item.path, self.data_config.root, (item.width, item.height), item.bucket, crop)
+            self._masks[key] = latent_mask(mask, tuple(latent_hw))
+        return self._masks[key]
 
     def export(self, output: Path, file_format: str, steps: int) -> list[Path]:
         """Write the adapter as it is now (kohya and/or diffusers files, with metadata)."""

@@ -17,7 +17,7 @@ import torch
 from studio.data import caption_for_sample
 from studio.families import DenoiserInput, TextEmbeddings
 from studio.training.data_parallel import average_gradients
-from studio.training.loss import sample_noise
+from studio.training.loss import apply_loss_mask, sample_noise
 from studio.training.run import TrainRun
 
 
@@ -32,6 +32,7 @@ class Batch:
     timesteps: torch.Tensor
     original_sizes: list[Any]
     crops: list[Any]
+    masks: torch.Tensor | None = None  # --masked-loss: per-latent-pixel loss weights (B, 1, h, w)
 
 
 def make_batch(run: TrainRun, everyone: list[int], epoch: int) -> Batch:
@@ -51,7 +52,13 @@ def make_batch(run: TrainRun, everyone: list[int], epoch: int) -> Batch:
     noise = noise.to(device, latents.dtype, non_blocking=True).contiguous(memory_format=run.memory_format)
     timesteps = timesteps.to(device, non_blocking=True)
     sizes, crops = [e[1] for e in encoded], [e[2] for e in encoded]
-    return Batch(len(everyone), latents, captions, noise, timesteps, sizes, crops)
+    masks = None
+    if config.masked_loss:
+        masks = torch.stack(
+            [run.loss_mask(run.samples[s], e[2], e[0].shape[-2:]) for s, e in zip(batch, encoded)]
+        )
+        masks = masks.to(device)
+    return Batch(len(everyone), latents, captions, noise, timesteps, sizes, crops, masks)
 
 
 def _latent(run: TrainRun, sample: int, rng: random.Random) -> tuple[torch.Tensor, Any, Any]:
@@ -89,6 +96,8 @@ def train_step(run: TrainRun, batch: Batch) -> torch.Tensor:
         )
         prediction = family.predict(run.models[family.denoiser], inputs, run.weight_dtype)
         target = family.training_target(scheduler, batch.latents, batch.noise, batch.timesteps)
+        if batch.masks is not None:
+            prediction, target = apply_loss_mask(prediction, target, batch.masks)
         loss = family.training_loss(prediction, target, batch.timesteps, scheduler, run.config.min_snr_gamma)
         accelerator.backward(loss)
         if accelerator.sync_gradients:

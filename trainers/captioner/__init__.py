@@ -1,0 +1,1 @@
+"""Trainer of the embedded default captioner (``assets/default-captioner``)."""
