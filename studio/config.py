@@ -26,6 +26,8 @@ CLI, BASIC, ADVANCED = Show.CLI, Show.BASIC, Show.ADVANCED
 LAYER_SETS = ("cross-attn", "attn", "full")  # studio.lora.targets.PRESETS, without importing torch
 # The diffusers schedules that need nothing beyond warmup and length (piecewise_constant needs rules).
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
+# studio.training.optim builds them; each but AdamW from its own package (an optional extra).
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor", "schedulefree")
 # Old option name -> new name: accepted, with a one-line notice, for one release.
 RENAMED = {"preset": "layers"}
 
@@ -113,13 +115,39 @@ class TrainConfig:
     )
     te_lr: float | None = option(
         None,
-        "text-encoder learning rate (default: lr/2)",
+        "text-encoder learning rate (default: lr/2; Prodigy: lr)",
         positive=True,
         metavar="LR",
         show=CLI | ADVANCED,
         label="Text-encoder learning rate (empty = lr/2)",
     )
-    optimizer: str = option("adamw", "optimizer", choices=("adamw", "adamw8bit"))
+    optimizer: str = option(
+        "adamw",
+        "optimizer (adamw8bit: bitsandbytes; prodigy: prodigyopt, use --lr 1; schedulefree: schedulefree)",
+        choices=OPTIMIZERS,
+        show=CLI | ADVANCED,
+        label="Optimizer",
+    )
+    prodigy_d_coef: float = option(
+        1.0,
+        "Prodigy's d_coef: scales its estimated step size",
+        positive=True,
+        metavar="X",
+        show=CLI | ADVANCED,
+        label="Prodigy d_coef",
+    )
+    prodigy_safeguard_warmup: bool = option(
+        False,
+        "Prodigy: keep its step-size estimate from growing during warmup (use with warmup)",
+        show=CLI | ADVANCED,
+        label="Prodigy safeguard warmup",
+    )
+    prodigy_bias_correction: bool = option(
+        False,
+        "Prodigy: Adam's bias correction (recommended for diffusion models)",
+        show=CLI | ADVANCED,
+        label="Prodigy bias correction",
+    )
     lr_scheduler: str = option(
         "constant_with_warmup",
         "learning-rate schedule",
@@ -131,9 +159,25 @@ class TrainConfig:
         0,
         "steps the learning rate ramps up over",
         minimum=0,
+        flag="--lr-warmup-steps",
         metavar="N",
         show=CLI | ADVANCED,
         label="Warmup steps",
+    )
+    ema: bool = option(
+        False,
+        "keep an exponential moving average of the adapter weights and export it",
+        show=CLI | ADVANCED,
+        label="EMA of the adapter weights",
+    )
+    ema_decay: float = option(
+        0.999,
+        "EMA decay per step (diffusers' EMAModel, which ramps it up as (1+t)/(10+t))",
+        minimum=0,
+        maximum=0.99999,
+        metavar="D",
+        show=CLI | ADVANCED,
+        label="EMA decay",
     )
     weight_decay: float = option(1e-2, "AdamW weight decay", minimum=0, show=Show.API)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", minimum=0, show=Show.API)
@@ -153,6 +197,30 @@ class TrainConfig:
         metavar="G",
         show=CLI | ADVANCED,
         label="Min-SNR gamma (empty = off)",
+    )
+
+    # SDXL derivatives (NoobAI v-pred, Illustrious, Pony) and other bases that differ from their family.
+    v_prediction: bool = option(
+        False,
+        "train the v-prediction objective (read from the base where its config or metadata says so)",
+        show=CLI | ADVANCED,
+        label="V-prediction",
+    )
+    zero_terminal_snr: bool = option(
+        False,
+        "rescale the noise schedule to zero terminal SNR (with v-prediction, as NoobAI v-pred)",
+        show=CLI | ADVANCED,
+        label="Zero terminal SNR",
+    )
+    clip_skip: int | None = option(
+        None,
+        "condition on the text encoder's hidden state N layers from the end (SD 1/2: then the final "
+        "layer norm, as A1111; SDXL uses 2 already)",
+        minimum=1,
+        maximum=12,
+        metavar="N",
+        show=CLI | ADVANCED,
+        label="Clip skip (empty = the model's default)",
     )
 
     # Images and captions.
@@ -239,6 +307,35 @@ class TrainConfig:
         show=CLI | ADVANCED,
         label="Sampling steps",
     )
+    validation_split: float = option(
+        0.0,
+        "fraction of the images held out for a validation loss (0 = none)",
+        minimum=0,
+        maximum=0.5,
+        metavar="F",
+        show=CLI | ADVANCED,
+        label="Validation split (0-0.5; 0 = none)",
+    )
+    validation_dir: str | None = option(
+        None,
+        "a folder of captioned images for the validation loss, instead of a split",
+        metavar="DIR",  # CLI only: the app's advanced widgets have no folder field (a path is text)
+    )
+    validate_every: int = option(
+        0,
+        "validation loss every N steps (0 = at each checkpoint and the end)",
+        minimum=0,
+        metavar="N",
+        show=CLI | ADVANCED,
+        label="Validate every N steps (0 = at checkpoints)",
+    )
+    log_with: str = option(
+        "none",
+        "also log losses, lr, validation loss and previews to TensorBoard or W&B (offline), in <run>/logs",
+        choices=("none", "tensorboard", "wandb"),
+        show=CLI | ADVANCED,
+        label="Log to",
+    )
     checkpoint_every: int = option(
         0,
         "save a resumable checkpoint every N steps (0 = only at the end)",
@@ -260,8 +357,31 @@ class TrainConfig:
     def validate(self, source: str | None = None) -> None:
         """Every value against its option's type, choices and bounds; one line naming each problem."""
         problems = [p for spec in specs(type(self)) if (p := spec.problem(getattr(self, spec.name)))]
+        problems += self.conflicts()
         if problems:
             raise StudioError("invalid training options: " + "; ".join(problems), path=source)
+
+    def conflicts(self) -> list[str]:
+        """Combinations of legal values that cannot train together, one phrase each."""
+        found = []
+        if self.optimizer == "schedulefree" and self.lr_scheduler not in ("constant", "constant_with_warmup"):
+            found.append(
+                f"--optimizer schedulefree replaces the learning-rate schedule (got --lr-scheduler "
+                f"{self.lr_scheduler}); use --lr-scheduler constant (it warms up over --lr-warmup-steps itself)"
+            )
+        if self.ema and self.optimizer == "schedulefree":
+            found.append(
+                "--ema with --optimizer schedulefree: schedule-free AdamW already exports an average "
+                "of its weights; drop --ema or use another optimizer"
+            )
+        if self.validation_split and self.validation_dir:
+            found.append("--validation-split and --validation-dir both given; pick one")
+        if self.optimizer == "prodigy" and self.te_lr not in (None, self.lr):
+            found.append(
+                "--optimizer prodigy estimates one step size for all parameter groups; "
+                "leave --te-lr unset or equal to --lr"
+            )
+        return found
 
     @property
     def effective_alpha(self) -> float:
@@ -269,7 +389,10 @@ class TrainConfig:
 
     @property
     def effective_te_lr(self) -> float:
-        return self.lr / 2 if self.te_lr is None else self.te_lr
+        """``te_lr``, else half the UNet's; Prodigy has one step size for all groups (lr)."""
+        if self.te_lr is not None:
+            return self.te_lr
+        return self.lr if self.optimizer == "prodigy" else self.lr / 2
 
     @property
     def effective_run_dir(self) -> Path:

@@ -76,6 +76,17 @@ def lora_tags(recipe: Recipe) -> str:
     return " ".join(tags)
 
 
+def a1111_fields(parameters: str) -> dict[str, str]:
+    """The ``Key: value`` pairs of an A1111 infotext's last line ("Steps: 25, ..., Clip skip: 2")."""
+    last = parameters.strip().splitlines()[-1] if parameters.strip() else ""
+    fields = {}
+    for part in last.split(", "):
+        key, sep, value = part.partition(": ")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
 def a1111_parameters(recipe: Recipe) -> str:
     s = recipe.settings
     prompt = " ".join(part for part in (s.prompt, lora_tags(recipe)) if part)
@@ -90,6 +101,8 @@ def a1111_parameters(recipe: Recipe) -> str:
         "Size": f"{s.width}x{s.height}",
         "Model": Path(recipe.base).name or recipe.base,
     }
+    if s.clip_skip is not None:
+        fields["Clip skip"] = s.clip_skip
     lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
     return "\n".join(lines)
 
@@ -255,10 +268,23 @@ class GenerationSession:
         size = side * self.pipeline.vae_scale_factor
         return size, size
 
+    def trained_clip_skip(self) -> int | None:
+        """The clip skip the enabled adapters were trained with (the first that says one)."""
+        for item in self.items:
+            if item.weights.enabled and item.adapter.info.clip_skip is not None:
+                return item.adapter.info.clip_skip
+        return None
+
     def generate(self, settings: GenerationSettings) -> list[GeneratedImage]:
         _check(settings)
         native_w, native_h = self.native_size()
-        settings = replace(settings, width=settings.width or native_w, height=settings.height or native_h)
+        settings = replace(
+            settings,
+            width=settings.width or native_w,
+            height=settings.height or native_h,
+            clip_skip=settings.clip_skip if settings.clip_skip is not None else self.trained_clip_skip(),
+        )
+
         scheduler = make_scheduler(settings.scheduler, self._scheduler_config)
         device = self.pipeline.device
         generators = [
@@ -269,8 +295,9 @@ class GenerationSession:
         try:
             call = partial(
                 self.pipeline,
-                prompt=settings.prompt,
-                negative_prompt=settings.negative or None,
+                **self.model_family.prompt_arguments(
+                    self.pipeline.components, settings.prompt, settings.negative, device, settings.clip_skip
+                ),
                 num_inference_steps=settings.steps,
                 guidance_scale=settings.guidance,
                 width=settings.width,

@@ -27,6 +27,15 @@ class Preset:
         return dataclasses.replace(base, **{**self.values, **overrides})
 
 
+# SDXL derivatives: SDXL's style settings, plus what each model was trained with. Memory: as
+# "Style (SDXL)"; with --low-memory SDXL at batch 1 peaked at 9.9 GB (BENCHMARKS.md).
+_SDXL_STYLE = {
+    "layers": "cross-attn", "rank": 16, "alpha": 8.0, "resolution": 1024, "steps": 1500, "batch_size": 2,
+    "lr": 1e-4, "train_text_encoder": False, "min_snr_gamma": 5.0, "gradient_checkpointing": True,
+    "warmup_steps": 100, "sample_every": 250, "checkpoint_every": 250,
+}  # fmt: skip
+_MEMORY = "Batch 2 with checkpointing wants a 24 GB GPU; on 12 GB add --low-memory and batch 1 (9.9 GB peak)."
+
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
@@ -67,6 +76,39 @@ PRESETS: dict[str, Preset] = {
                 "warmup_steps": 100,
                 "sample_every": 250,
                 "checkpoint_every": 250,
+            },
+        ),
+        Preset(
+            "Style (Illustrious XL)",
+            "Illustrious-based SDXL: clip skip 2 (SDXL's penultimate layer), epsilon. " + _MEMORY,
+            {**_SDXL_STYLE, "clip_skip": 2},
+        ),
+        Preset(
+            "Style (NoobAI-XL v-pred)",
+            "NoobAI-XL V-Pred: v-prediction with zero-terminal-SNR betas, clip skip 2, no noise offset. "
+            + _MEMORY,
+            {**_SDXL_STYLE, "clip_skip": 2, "v_prediction": True, "zero_terminal_snr": True},
+        ),
+        Preset(
+            "Style (Pony XL)",
+            "Pony Diffusion XL: clip skip 2; keep its score_9-style tags in the captions. " + _MEMORY,
+            {**_SDXL_STYLE, "clip_skip": 2},
+        ),
+        Preset(
+            "Prodigy",
+            "Prodigy sets its own step size: lr 1.0 for UNet and text encoder, decoupled weight decay "
+            "0.01, bias correction and safeguard warmup (its README's advice for diffusion models), "
+            "cosine schedule. Combine with a model preset.",
+            {
+                "optimizer": "prodigy",
+                "lr": 1.0,
+                "te_lr": 1.0,
+                "weight_decay": 0.01,
+                "prodigy_d_coef": 1.0,
+                "prodigy_safeguard_warmup": True,
+                "prodigy_bias_correction": True,
+                "lr_scheduler": "cosine",
+                "warmup_steps": 100,
             },
         ),
         Preset(

@@ -37,6 +37,7 @@ class GenerationSettings:
     height: int | None = None
     batch: int = 1
     scheduler: str = "euler-a"
+    clip_skip: int | None = None  # A1111's count (2 = penultimate layer); None: the adapters' or the base's
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Recipe:
             guidance=float(raw.get("guidance", 7.0)),
             batch=int(raw.get("batch", 1)),
             scheduler=str(raw.get("scheduler", "euler-a")),
+            clip_skip=None if raw.get("clip_skip") is None else int(raw["clip_skip"]),
             **size,
         )
         adapters = []

@@ -32,6 +32,14 @@ class AdapterInfo:
     preferred_weight: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def clip_skip(self) -> int | None:
+        """The clip skip the adapter was trained with (kohya's ``ss_clip_skip``), if it says."""
+        try:
+            return int(self.metadata.get("ss_clip_skip", ""))
+        except ValueError:
+            return None
+
     def lines(self) -> list[str]:
         """Human-readable summary, one fact a line."""
         out = [f"title: {self.title}"]

@@ -207,6 +207,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, help="height in pixels")
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default euler-a)")
     parser.add_argument("--batch", type=int, help="images to make (default 1)")
+    parser.add_argument(
+        "--clip-skip",
+        type=int,
+        metavar="N",
+        help="text-encoder layer from the end, A1111's count (default: what the adapters were trained with)",
+    )
     add_compile_option(parser)
     parser.add_argument(
         "--out", required=True, metavar="PNG", help="output file; a batch writes NAME-0.png, NAME-1.png ..."
@@ -229,6 +235,7 @@ def settings_from_args(args: argparse.Namespace, start: GenerationSettings | Non
         "height": args.height,
         "scheduler": args.scheduler,
         "batch": args.batch,
+        "clip_skip": getattr(args, "clip_skip", None),
     }
     return replace(start, **{k: v for k, v in given.items() if v is not None})
 

@@ -43,14 +43,26 @@ def number_list(value: str | None, option: str, kind=float) -> list:
 
 
 def run_adapters(run_dir: str) -> list[tuple[str, Path]]:
-    """``(row label, kohya file)`` for each checkpoint of a run, then its final adapter if it exists."""
+    """``(row label, kohya file)`` for each checkpoint of a run, then its final adapter if it exists.
+    The checkpoint with the lowest validation loss (when the run computed one) is marked "best"."""
     from studio.config import TrainConfig
-    from studio.training.checkpoint import checkpoint_adapters
+    from studio.training.checkpoint import checkpoint_adapters, list_checkpoints
+    from studio.training.metrics import best_validation_step
 
-    rows = [(f"step {step}", path) for step, path in checkpoint_adapters(run_dir)]
+    adapters = checkpoint_adapters(run_dir)
     config = Path(run_dir) / "config.toml"
-    if config.is_file() and Path(final := TrainConfig.load(config).output).is_file():
-        rows.append(("final", Path(final)))
+    final = TrainConfig.load(config).output if config.is_file() else None
+    final_step = None  # the final adapter is the run's last checkpoint's step
+    if final and Path(final).is_file() and (found := list_checkpoints(Path(run_dir))):
+        final_step = int(found[-1].name.removeprefix("step-"))
+    best = best_validation_step(Path(run_dir), [s for s, _ in adapters] + [final_step] * bool(final_step))
+
+    def label(text: str, step: int | None) -> str:
+        return text + (f" best val {best[1]:.4f}" if best and step == best[0] else "")
+
+    rows = [(label(f"step {step}", step), path) for step, path in adapters]
+    if final and Path(final).is_file():
+        rows.append((label("final", final_step), Path(final)))
     if not rows:
         raise StudioError(
             "no checkpoint adapters in this run", path=run_dir, hint="train with --checkpoint-every N"

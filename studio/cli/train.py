@@ -65,6 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         _, kwargs = _argument(by_name[new])
         kwargs.update(action=_Renamed, help=f"old name of {by_name[new].flag}, for one more release")
         parser.add_argument("--" + old.replace("_", "-"), **kwargs)
+    # The flag's name before the issue-16 options (kept, unlisted: scripts use it).
+    parser.add_argument("--warmup-steps", dest="warmup_steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON training config; flags override it")
     parser.add_argument("--save-config", metavar="FILE", help="write the resolved config and exit")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")

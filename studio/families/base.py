@@ -103,8 +103,26 @@ class Family(ABC):
     # -- training ---------------------------------------------------------------------------
 
     @abstractmethod
-    def encode_text(self, components: dict[str, Any], captions: list[str], device: Any) -> TextEmbeddings:
-        """Captions -> ``(hidden states, pooled)``; the text encoders run with grad if they train."""
+    def encode_text(
+        self, components: dict[str, Any], captions: list[str], device: Any, clip_skip: int | None = None
+    ) -> TextEmbeddings:
+        """Captions -> ``(hidden states, pooled)``; the text encoders run with grad if they train.
+        ``clip_skip``: the hidden state that many layers from the end (None: the family's own)."""
+
+    def pipeline_clip_skip(self, clip_skip: int | None) -> int | None:
+        """``clip_skip`` as the family's diffusers pipeline counts it (None: its default)."""
+        return clip_skip
+
+    def prompt_arguments(
+        self, components: dict[str, Any], prompt: str, negative: str, device: Any, clip_skip: int | None
+    ) -> dict[str, Any]:
+        """The pipeline's prompt arguments with ``clip_skip`` (A1111's count) applied."""
+        skip = self.pipeline_clip_skip(clip_skip)
+        return {
+            "prompt": prompt,
+            "negative_prompt": negative or None,
+            **({} if skip is None else {"clip_skip": skip}),
+        }
 
     @abstractmethod
     def training_scheduler(self, pipeline: Any) -> Any:

@@ -60,9 +60,35 @@ class StableDiffusionFamily(Family):
 
         return StableDiffusionPipeline
 
-    def encode_text(self, components: dict[str, Any], captions: list[str], device: Any) -> TextEmbeddings:
+    def encode_text(
+        self, components: dict[str, Any], captions: list[str], device: Any, clip_skip: int | None = None
+    ) -> TextEmbeddings:
+        """The last hidden state; ``clip_skip`` N > 1: the one N layers from the end through the
+        final layer norm (sd-scripts' ``get_hidden_states`` and A1111's rule; N = 1 is the last)."""
         ids = tokenize(components["tokenizer"], captions, device)
-        return components["text_encoder"](ids)[0], None
+        encoder = components["text_encoder"]
+        if not clip_skip or clip_skip == 1:
+            return encoder(ids)[0], None
+        hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+        return getattr(encoder, "text_model", encoder).final_layer_norm(hidden), None
+
+    def pipeline_clip_skip(self, clip_skip: int | None) -> int | None:
+        """diffusers counts layers skipped (its 1 is A1111's "Clip skip: 2")."""
+        return None if not clip_skip or clip_skip == 1 else clip_skip - 1
+
+    def prompt_arguments(
+        self, components: dict[str, Any], prompt: str, negative: str, device: Any, clip_skip: int | None
+    ) -> dict[str, Any]:
+        """With a clip skip, the embeddings themselves, for the prompt and the negative alike (as
+        A1111 does; diffusers 0.42 skips only the prompt, and its SD 1.x path reaches for a
+        ``text_model`` that transformers 5's CLIPTextModel no longer has)."""
+        if self.pipeline_clip_skip(clip_skip) is None:
+            return {"prompt": prompt, "negative_prompt": negative or None}
+        with torch.no_grad():
+            embeds = [
+                self.encode_text(components, [text], device, clip_skip)[0] for text in (prompt, negative)
+            ]
+        return {"prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
 
     def training_scheduler(self, pipeline: Any) -> Any:
         from diffusers import DDPMScheduler

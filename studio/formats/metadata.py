@@ -90,6 +90,7 @@ class TrainingInfo:
     author: str = ""
     license: str = ""
     tags: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # further ss_* / studio.* keys, written as given
 
 
 def base_model_version(family: ModelFamily, prediction_type: str) -> str:
@@ -241,6 +242,7 @@ def kohya_metadata(info: TrainingInfo) -> dict[str, str]:
         values["studio.bucket_step"] = info.bucket_step
     if info.base_model_hash:
         values["ss_new_sd_model_hash"] = info.base_model_hash
+    values.update(info.extra)
     metadata = {key: str(value) for key, value in values.items()}
     metadata.update(
         modelspec_metadata(

@@ -37,3 +37,18 @@ def prediction_type(scheduler_config: Any) -> str:
     """``epsilon`` or ``v_prediction``, as the base's scheduler config says (SD 2.x 768 is v)."""
     value = getattr(scheduler_config, "prediction_type", None) or scheduler_config.get("prediction_type")
     return value or "epsilon"
+
+
+def stated_prediction(tensor_names: Any, metadata: dict[str, str]) -> tuple[str | None, bool]:
+    """``(prediction type, zero terminal SNR)`` a single-file checkpoint states: a ``v_pred``
+    (and ``ztsnr``) marker tensor as NoobAI-style v-pred checkpoints carry (ComfyUI reads the same
+    keys), or ``modelspec.prediction_type`` / ``ss_base_model_version``; None when it says nothing."""
+    ztsnr = "ztsnr" in tensor_names or metadata.get("ss_zero_terminal_snr") == "True"
+    if "v_pred" in tensor_names:
+        return "v_prediction", ztsnr
+    declared = metadata.get("modelspec.prediction_type")
+    if declared in ("v", "v_prediction") or metadata.get("ss_base_model_version") == "sd_v2_v":
+        return "v_prediction", ztsnr
+    if declared == "epsilon":
+        return "epsilon", ztsnr
+    return None, ztsnr

@@ -7,6 +7,7 @@ become one ``StudioError`` that says what to pass instead.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from studio.errors import StudioError
 from studio.families import Family, detect_family, family_for_checkpoint
 from studio.formats.safetensors_io import PICKLE_SUFFIXES, read_header, refuse_pickle
 from studio.models.default import default_model_dir
-from studio.models.family import prediction_type
+from studio.models.family import prediction_type, stated_prediction
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -30,6 +31,7 @@ class BaseModel:
     family: Family
     prediction_type: str  # "epsilon" or "v_prediction"
     source: str  # what the user passed: "default", a path or a hub id
+    stated_prediction: str | None = None  # what a single file's own keys or metadata say, if anything
 
     @property
     def components(self) -> dict[str, Any]:
@@ -76,6 +78,17 @@ def _load_folder(path: Path, dtype: torch.dtype) -> Any:
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
     header = read_header(path)
     family = family_for_checkpoint(set(header.tensors))
+    pipeline = _convert_single_file(path, family, dtype, config)
+    stated, ztsnr = stated_prediction(header.tensors, header.metadata)
+    if stated == "v_prediction":  # the file says so; the borrowed config may not (NoobAI v-pred)
+        overrides = {"prediction_type": "v_prediction"}
+        if ztsnr:
+            overrides.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+        pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config, **overrides)
+    return pipeline, stated
+
+
+def _convert_single_file(path: Path, family: Any, dtype: torch.dtype, config: str | None) -> Any:
     kwargs: dict[str, Any] = {"dtype": dtype}
     if config:
         kwargs["config"] = config
@@ -133,7 +146,8 @@ def load_base(
                 path=path,
                 hint="use a .safetensors checkpoint or a diffusers folder",
             )
-        return _finish(_load_single_file(path, dtype, config), source)
+        pipeline, stated = _load_single_file(path, dtype, config)
+        return dataclasses.replace(_finish(pipeline, source), stated_prediction=stated)
     if _HUB_ID.match(source) and not source.startswith((".", "/")):
         return _finish(_load_hub(source, dtype), source)
     raise StudioError(

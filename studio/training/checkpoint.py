@@ -1,7 +1,7 @@
 """Training checkpoints: everything needed to continue a run exactly where it stopped.
 
 A checkpoint is a directory written atomically (``step-000100/``): LoRA parameters
-(safetensors), optimizer and LR-scheduler state (``torch.save``, read back with
+(safetensors), optimizer and LR-scheduler state, the EMA weights when the run keeps them (``torch.save``, read back with
 ``weights_only=True`` so nothing is unpickled beyond tensors and plain containers), the
 noise generator's state, and the position in the run. A crash mid-save leaves the
 previous checkpoint intact.
@@ -50,6 +50,7 @@ def save_checkpoint(
     generator: torch.Generator,
     config: dict[str, Any],
     keep: int = 3,
+    ema: Any = None,
 ) -> Path:
     target = run_dir / "checkpoints" / f"{_PREFIX}{state.step:06d}"
     with atomic_dir(target) as tmp:
@@ -58,6 +59,8 @@ def save_checkpoint(
         (tmp / "lora.safetensors").write_bytes(save(trainable_state(models)))
         (tmp / "optimizer.pt").write_bytes(_torch_bytes(optimizer.state_dict()))
         (tmp / "scheduler.pt").write_bytes(_torch_bytes(lr_scheduler.state_dict()))
+        if ema is not None:
+            (tmp / "ema.pt").write_bytes(_torch_bytes(ema.state_dict()))
         (tmp / "rng.safetensors").write_bytes(save({"state": generator.get_state()}))
         (tmp / "state.json").write_text(
             json.dumps(
@@ -118,6 +121,7 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     lr_scheduler: Any,
     generator: torch.Generator,
+    ema: Any = None,
 ) -> TrainingState:
     info = json.loads((checkpoint / "state.json").read_text())
     tensors = load_file(str(checkpoint / "lora.safetensors"))
@@ -137,4 +141,12 @@ def load_checkpoint(
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     generator.set_state(load_file(str(checkpoint / "rng.safetensors"))["state"])
+    if ema is not None:
+        if not (checkpoint / "ema.pt").is_file():
+            raise StudioError(
+                "this checkpoint has no EMA weights",
+                path=checkpoint,
+                hint="resume without --ema, or start a new run with --ema",
+            )
+        ema.load_state_dict(torch.load(checkpoint / "ema.pt", weights_only=True))
     return TrainingState(info["step"], info["micro_step"], list(info.get("losses", [])))

@@ -39,9 +39,35 @@ NOT_IN_METADATA: dict[str, str] = {
     "checkpoint_every": "checkpoints only",
     "keep_checkpoints": "checkpoints only",
     "resume": "a resumed run trains the same adapter as an uninterrupted one",
+    "ema_decay": "written (studio.ema_decay) when --ema is on, the file then holding the EMA weights",
+    "validation_dir": "a local path; the validation images are not part of the training set",
+    "validate_every": "when the validation loss is computed, not what is trained",
+    "log_with": "where the logs go, not what is trained",
+    "prodigy_d_coef": "written in ss_optimizer's arguments when the optimizer is Prodigy",
+    "prodigy_safeguard_warmup": "written in ss_optimizer's arguments when the optimizer is Prodigy",
+    "prodigy_bias_correction": "written in ss_optimizer's arguments when the optimizer is Prodigy",
 }
 
-_OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit"}
+_OPTIMIZERS = {
+    "adamw": "AdamW",
+    "adamw8bit": "AdamW8bit",
+    "prodigy": "Prodigy",
+    "adafactor": "Adafactor",
+    "schedulefree": "AdamWScheduleFree",
+}
+
+
+def optimizer_text(config: TrainConfig) -> str:
+    """``ss_optimizer`` as kohya writes it: the class, then its non-default arguments."""
+    args = [f"weight_decay={config.weight_decay}"]
+    if config.optimizer == "prodigy":
+        args += [
+            "decouple=True",
+            f"d_coef={config.prodigy_d_coef}",
+            f"safeguard_warmup={config.prodigy_safeguard_warmup}",
+            f"use_bias_correction={config.prodigy_bias_correction}",
+        ]
+    return f"{_OPTIMIZERS[config.optimizer]}({','.join(args)})"
 
 
 def training_info(
@@ -64,7 +90,7 @@ def training_info(
         trigger=config.trigger or "",
         layers=config.layers,
         train_text_encoder=config.train_text_encoder,
-        prediction_type=base.prediction_type,
+        prediction_type="v_prediction" if config.v_prediction else base.prediction_type,
         resolution=(resolution, resolution),
         num_train_images=sum(item.repeats for item in items),
         tag_frequency=tag_frequency(items),
@@ -83,7 +109,7 @@ def training_info(
         learning_rate=config.lr,
         unet_lr=config.lr,
         text_encoder_lr=config.effective_te_lr,
-        optimizer=f"{_OPTIMIZERS[config.optimizer]}(weight_decay={config.weight_decay})",
+        optimizer=optimizer_text(config),
         lr_scheduler=config.lr_scheduler,
         lr_warmup_steps=config.warmup_steps,
         max_train_steps=steps,
@@ -96,11 +122,26 @@ def training_info(
         mixed_precision=config.mixed_precision,
         noise_offset=config.noise_offset or None,
         min_snr_gamma=config.min_snr_gamma,
+        clip_skip=config.clip_skip,
         seed=config.seed,
         started_at=started,
         finished_at=time.time(),
         base_model_name=base.name,
+        extra=extra_metadata(config),
     )
+
+
+def extra_metadata(config: TrainConfig) -> dict[str, Any]:
+    """What the trainer adds beyond the fields kohya's writer has: kohya's own key where one
+    exists (ss_zero_terminal_snr), else a ``studio.`` key; options left at their default are left out."""
+    extra: dict[str, Any] = {}
+    if config.ema:
+        extra["studio.ema_decay"] = config.ema_decay  # the file holds the EMA weights
+    if config.zero_terminal_snr:
+        extra["ss_zero_terminal_snr"] = True
+    if config.validation_split:
+        extra["ss_validation_split"] = config.validation_split  # held out: not in ss_num_train_images
+    return extra
 
 
 def export_adapter(

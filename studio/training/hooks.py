@@ -39,6 +39,7 @@ class StepEvent:
     images_per_second: float
     samples: list[Path] = field(default_factory=list)
     checkpoint: Path | None = None
+    val_loss: float | None = None  # set on the steps the validation loss is computed
 
 
 class Hook:
@@ -112,6 +113,25 @@ class MetricsLog(Hook):
         append_metrics(self.run_dir, record)
 
 
+class Validation(Hook):
+    """The validation loss every ``every`` steps, at each checkpoint and at the end; each value
+    is a ``{"step", "val_loss"}`` line in ``metrics.jsonl`` (``compute()`` returns it)."""
+
+    def __init__(self, every: int, checkpoint_every: int, total_steps: int, run_dir: Path, compute):
+        self.every, self.checkpoint_every, self.total_steps = every, checkpoint_every, total_steps
+        self.run_dir, self.compute = run_dir, compute
+
+    def due(self, step: int) -> bool:
+        return (
+            any(n and step % n == 0 for n in (self.every, self.checkpoint_every)) or step == self.total_steps
+        )
+
+    def __call__(self, event: StepEvent) -> None:
+        if self.due(event.step):
+            event.val_loss = self.compute()
+            append_metrics(self.run_dir, {"step": event.step, "val_loss": event.val_loss})
+
+
 class CheckpointEvery(Hook):
     """A checkpoint (with a usable kohya file inside) every ``every`` steps; the end saves its own."""
 
@@ -135,6 +155,37 @@ class Previews(Hook):
     def __call__(self, event: StepEvent) -> None:
         if self.every and event.step % self.every == 0:
             event.samples = self.render(event.step)
+
+
+class TrackerLog(Hook):
+    """Each step's loss and lr, the validation loss and the previews, to accelerate's trackers
+    (TensorBoard or W&B, ``--log-with``)."""
+
+    def __init__(self, accelerator: Any):
+        self.accelerator = accelerator
+
+    def __call__(self, event: StepEvent) -> None:
+        values = {"loss": event.loss, "lr": event.lr}
+        if event.val_loss is not None:
+            values["val_loss"] = event.val_loss
+        self.accelerator.log(values, step=event.step)
+        if event.samples:
+            self._images(event.samples, event.step)
+
+    def _images(self, paths: list[Path], step: int) -> None:
+        import numpy as np
+        from PIL import Image
+
+        images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+        for tracker in self.accelerator.trackers:
+            for i, image in enumerate(images):
+                if tracker.name == "tensorboard":
+                    tracker.log_images({f"samples/{i}": image[None]}, step, dataformats="NHWC")
+                else:
+                    tracker.log_images({f"samples/{i}": [image]}, step)
+
+    def close(self) -> None:
+        self.accelerator.end_training()
 
 
 class Callback(Hook):

@@ -21,3 +21,28 @@ def trim_metrics(run_dir: Path, step: int) -> None:
         lines = path.read_text(encoding="utf-8").splitlines()
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         write_text(path, "".join(line + "\n" for line in kept))
+
+
+def validation_losses(run_dir: Path) -> dict[int, float]:
+    """``{step: val_loss}`` from ``metrics.jsonl`` (a line cut short by a kill is skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    found: dict[int, float] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                if "val_loss" in record:
+                    found[int(record["step"])] = float(record["val_loss"])
+            except (ValueError, TypeError, KeyError):
+                continue
+    return found
+
+
+def best_validation_step(run_dir: Path, steps: list[int]) -> tuple[int, float] | None:
+    """``(step, val_loss)`` of the lowest validation loss among ``steps`` (the run's checkpoints)."""
+    losses = validation_losses(run_dir)
+    scored = [(losses[s], s) for s in steps if s in losses]
+    if not scored:
+        return None
+    loss, step = min(scored)
+    return step, loss

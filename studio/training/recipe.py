@@ -31,9 +31,12 @@ from studio.training.hooks import (
     Previews,
     ProgressBar,
     StepEvent,
+    TrackerLog,
+    Validation,
     on_device,
     run_hooks,
 )
+from studio.training.optim import current_lr, optimizer_mode
 from studio.training.run import TrainRun, setup_run
 from studio.training.sampling import render_samples
 from studio.training.step import make_batch, train_step
@@ -102,6 +105,14 @@ def default_hooks(run: TrainRun, on_step: Callable[[StepEvent], Any] | None) -> 
             ),
             Previews(config.sample_every, partial(render_previews, run, prompts)),
         ]
+        if run.validation:
+            hooks.append(
+                Validation(
+                    config.validate_every, config.checkpoint_every, run.total_steps, run.run_dir, run.validate
+                )
+            )
+        if config.log_with != "none":
+            hooks.append(TrackerLog(run.accelerator))
     if on_step:
         hooks.append(Callback(on_step))
     return hooks
@@ -116,6 +127,7 @@ def run_loop(run: TrainRun, hooks: list[Hook]) -> bool:
     stop = False
     for model in run.models.values():
         model.train()
+    optimizer_mode(run.optimizer, training=True)
     while state.step < run.total_steps and not stop:
         epoch, position = divmod(state.micro_step, run.batches_per_epoch)
         everyone = run.batches(epoch)[position]
@@ -126,9 +138,11 @@ def run_loop(run: TrainRun, hooks: list[Hook]) -> bool:
         if not run.accelerator.sync_gradients:
             continue
         run.lr_scheduler.step()
+        if run.ema is not None:
+            run.ema.step(run.params)
         state.step += 1
         now = time.time()
-        lr = run.lr_scheduler.get_last_lr()[0]
+        lr = current_lr(run.optimizer, run.lr_scheduler)
         waiting.append(Pending(state.step, epoch, window_loss, lr, window_images, now - tick))
         window_loss, window_images, tick = 0.0, 0, now
         # Read the previous step's loss while this step's kernels run; all of them when
@@ -189,14 +203,12 @@ def default_sample_prompts(trigger: str | None, items: list[Any]) -> list[str]:
 def render_previews(run: TrainRun, prompts: list[str], step: int) -> list[Path]:
     """Preview images of the adapter as it is at ``step`` (parked components come back for it)."""
     config = run.config
-    with on_device([run.components[name] for name in run.parked], run.device):
-        for model in run.models.values():
-            model.eval()
-        try:
-            return render_samples(
-                run.base.pipeline, prompts, run.run_dir / "samples", step, run.resolution,
-                config.sample_steps, config.seed,
-            )  # fmt: skip
-        finally:
-            for model in run.models.values():
-                model.train()
+
+    def prompt_arguments(prompt: str) -> dict[str, Any]:
+        return run.family.prompt_arguments(run.components, prompt, "", run.device, config.clip_skip)
+
+    with on_device([run.components[name] for name in run.parked], run.device), run.evaluating():
+        return render_samples(
+            run.base.pipeline, prompts, run.run_dir / "samples", step, run.resolution,
+            config.sample_steps, config.seed, prompt_arguments,
+        )  # fmt: skip

@@ -12,8 +12,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 from studio.config import TrainConfig
 from studio.data import DatasetConfig, ScannedDataset, epoch_batches, expand_samples, load_training_image
 from studio.data.masks import load_mask
+from studio.errors import StudioError
 from studio.families import Family
 from studio.lora.inject import extract_lora, inject_lora
 from studio.models.loader import BaseModel, load_base
@@ -41,7 +45,7 @@ from studio.training.encoding import ContentCache, encode_latents
 from studio.training.export import export_adapter
 from studio.training.loss import latent_mask
 from studio.training.metrics import trim_metrics
-from studio.training.optim import build_lr_scheduler, build_optimizer
+from studio.training.optim import build_lr_scheduler, build_optimizer, check_optimizer_package, optimizer_mode
 
 
 @dataclass
@@ -72,8 +76,13 @@ class TrainRun:
     text_cache: ContentCache | None = None
     parked: list[str] = field(default_factory=list)  # components waiting on the CPU (low memory)
     started: float = field(default_factory=time.time)
+    ema: Any = None  # diffusers' EMAModel over ``params`` (--ema)
+    validation_items: list[Any] = field(default_factory=list)  # held-out images (--validation-*)
+    validation: list[Any] = field(default_factory=list)  # their fixed latents, noise and timesteps
     _epoch: tuple[int, list[list[int]]] | None = None
     _masks: dict[tuple[int, Any], torch.Tensor] = field(default_factory=dict)  # --masked-loss, by crop
+    _evaluating: int = 0  # depth of ``evaluating`` blocks
+    _ema_in: bool = False  # the EMA weights are in the model now
 
     @property
     def family(self) -> Family:
@@ -131,9 +140,57 @@ class TrainRun:
             mask = load_mask(item.path, self.data_config.root, (item.width, item.height), item.bucket, crop)
             self._masks[key] = latent_mask(mask, tuple(latent_hw))
         return self._masks[key]
+    @contextmanager
+    def evaluating(self, ema: bool = True) -> Iterator[None]:
+        """The adapter as it is used: models in eval mode, a schedule-free optimizer's averaged
+        weights and, with ``ema``, the EMA weights in place; training weights come back after.
+        Blocks nest (a checkpoint saves the training state, then exports the adapter inside)."""
+        outer = self._evaluating == 0
+        if outer:
+            for model in self.models.values():
+                model.eval()
+            optimizer_mode(self.optimizer, training=False)
+        swap = ema and self.ema is not None and not self._ema_in
+        if swap:
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
+            self._ema_in = True
+        self._evaluating += 1
+        try:
+            yield
+        finally:
+            self._evaluating -= 1
+            if swap:
+                self.ema.restore(self.params)
+                self._ema_in = False
+            if outer:
+                optimizer_mode(self.optimizer, training=True)
+                for model in self.models.values():
+                    model.train()
+
+    def encode_text(self, captions: list[str]) -> Any:
+        """The family's conditioning, ``--clip-skip`` layers from the end when it is set."""
+        skip = {"clip_skip": self.config.clip_skip} if self.config.clip_skip else {}
+        return self.family.encode_text(self.components, captions, self.device, **skip)
+
+    def validate(self) -> float:
+        """The validation loss of the adapter as it is used now (studio/training/validation.py)."""
+        from studio.training.hooks import on_device
+        from studio.training.validation import validation_loss
+
+        parked = [self.components[name] for name in self.parked if name != "vae"]
+        with on_device(parked, self.device), self.evaluating():
+            return validation_loss(
+                self.validation, self.family, self.components, self.models[self.family.denoiser],
+                self.noise_scheduler, self.encode_text, self.device, self.weight_dtype,
+            )  # fmt: skip
 
     def export(self, output: Path, file_format: str, steps: int) -> list[Path]:
-        """Write the adapter as it is now (kohya and/or diffusers files, with metadata)."""
+        """Write the adapter as it is used now (kohya and/or diffusers files, with metadata)."""
+        with self.evaluating():
+            return self._export(output, file_format, steps)
+
+    def _export(self, output: Path, file_format: str, steps: int) -> list[Path]:
         unwrapped = {
             k: self.accelerator.unwrap_model(v, keep_torch_compile=False) for k, v in self.models.items()
         }
@@ -148,14 +205,16 @@ class TrainRun:
         )  # fmt: skip
 
     def save_checkpoint(self, with_adapter: bool = False) -> Path:
-        """A checkpoint of the current step; ``with_adapter`` adds a usable kohya file inside it."""
-        path = save_checkpoint(
-            self.run_dir, self.state, self.trainable, self.optimizer, self.lr_scheduler, self.generator,
-            self.config.to_dict(), self.config.keep_checkpoints,
-        )  # fmt: skip
-        if with_adapter:
-            step = self.state.step
-            self.export(path / checkpoint_adapter_name(self.config.output, step), "kohya", step)
+        """A checkpoint of the current step; ``with_adapter`` adds a usable kohya file inside it.
+        Saved in eval mode, so a schedule-free run resumes from the very weights it continued on."""
+        with self.evaluating(ema=False):
+            path = save_checkpoint(
+                self.run_dir, self.state, self.trainable, self.optimizer, self.lr_scheduler, self.generator,
+                self.config.to_dict(), self.config.keep_checkpoints, self.ema,
+            )  # fmt: skip
+            if with_adapter:
+                step = self.state.step
+                self.export(path / checkpoint_adapter_name(self.config.output, step), "kohya", step)
         return path
 
     def adapter_in(self, checkpoint: Path) -> Path:
@@ -186,38 +245,119 @@ def low_memory(config: TrainConfig) -> TrainConfig:
 def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
     """Everything up to the first step; ``base`` trains on an already loaded model."""
     config.validate()
+    if config.validate_every and not (config.validation_split or config.validation_dir):
+        raise StudioError("--validate-every needs --validation-split F or --validation-dir DIR")
+    check_optimizer_package(config.optimizer)
     config = low_memory(config)
     config = dataclasses.replace(config, mixed_precision=mixed_precision(config.mixed_precision))
     started = time.time()
+    logging = _tracker(config)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation,
         cpu=not torch.cuda.is_available(),  # several CPU processes (tests) talk over gloo
+        log_with=logging,
+        project_dir=str(config.effective_run_dir / "logs") if logging else None,
     )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
-    base = base or load_base(config.base, config=config.base_config)
+    base = _prediction(config, base or load_base(config.base, config=config.base_config))
     resolution = config.resolution or base.family.default_resolution
     data_config, dataset = _scan(config, resolution, accelerator)
+    dataset, held_out = _held_out(config, data_config, dataset)
     torch.manual_seed(config.seed)
     trainable = _attach_adapter(config, base, accelerator.device, weight_dtype)
     run = TrainRun(
         config, accelerator, weight_dtype, base, data_config, dataset, resolution, trainable, started=started
     )
     run.samples = expand_samples(dataset.items)
+    run.validation_items = held_out
     _schedule(run)
     _optimizer(run)
     run.generator.manual_seed(config.seed)
     if accelerator.is_main_process:  # other nodes of a multi-machine run may not share the folder
         run.run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run.run_dir / "config.toml")
+    if logging:
+        scalars = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("studio", config=scalars, init_kwargs={"wandb": {"dir": str(run.run_dir)}})
     if config.resume:
         _resume(run)
-    run.noise_scheduler = run.family.training_scheduler(base.pipeline)
+    run.noise_scheduler = _noise_schedule(config, run.family.training_scheduler(base.pipeline))
     _caches(run)
+    if held_out:
+        from studio.training.validation import prepare_validation
+
+        run.validation = prepare_validation(
+            held_out, run.components, run.noise_scheduler, config.seed, run.device
+        )
     _park(run)
     return run
+
+
+def _held_out(
+    config: TrainConfig, data_config: DatasetConfig, dataset: ScannedDataset
+) -> tuple[ScannedDataset, list[Any]]:
+    """The training set without its validation images, and those images (none without validation)."""
+    from studio.training.validation import split_validation, validation_items
+
+    if config.validation_dir:
+        return dataset, validation_items(config.validation_dir, data_config)
+    if not config.validation_split:
+        return dataset, []
+    kept, held = split_validation(dataset.items, config.validation_split, config.seed)
+    return dataclasses.replace(dataset, items=kept), held
+
+
+def _prediction(config: TrainConfig, base: BaseModel) -> BaseModel:
+    """The base as trained: ``--v-prediction`` / ``--zero-terminal-snr`` put into its scheduler
+    (previews and the file's metadata follow); refused where the checkpoint itself says epsilon."""
+    if config.v_prediction and base.stated_prediction == "epsilon":
+        raise StudioError(
+            "--v-prediction, but the base checkpoint's metadata says it predicts noise (epsilon)",
+            path=config.base,
+            hint="drop --v-prediction, or train on the v-prediction release of the model",
+        )
+    if config.zero_terminal_snr and not config.v_prediction and base.prediction_type != "v_prediction":
+        raise StudioError(
+            "--zero-terminal-snr needs v-prediction (at zero SNR the last step's noise cannot be "
+            "predicted from pure noise)",
+            hint="add --v-prediction, or use a v-prediction base",
+        )
+    if not (config.v_prediction or config.zero_terminal_snr):
+        return base
+    pipeline = base.pipeline
+    pipeline.scheduler = _noise_schedule(config, pipeline.scheduler, sampling=True)
+    return dataclasses.replace(base, prediction_type=pipeline.scheduler.config.prediction_type)
+
+
+def _noise_schedule(config: TrainConfig, scheduler: Any, sampling: bool = False) -> Any:
+    """``scheduler`` with v-prediction and zero-terminal-SNR betas (diffusers'
+    ``rescale_zero_terminal_snr``) as asked; samplers then step from the last timestep ("trailing")."""
+    overrides: dict[str, Any] = {}
+    if config.v_prediction:
+        overrides["prediction_type"] = "v_prediction"
+    if config.zero_terminal_snr:
+        overrides["rescale_betas_zero_snr"] = True
+        if sampling:
+            overrides["timestep_spacing"] = "trailing"
+    return type(scheduler).from_config(scheduler.config, **overrides) if overrides else scheduler
+
+
+def _tracker(config: TrainConfig) -> str | None:
+    """accelerate's tracker name for ``--log-with``; its package missing is one line. W&B runs
+    offline (``WANDB_MODE=offline`` unless already set): nothing leaves the machine by itself."""
+    if config.log_with == "none":
+        return None
+    if importlib.util.find_spec(config.log_with) is None:
+        raise StudioError(
+            f"--log-with {config.log_with} needs the {config.log_with} package",
+            hint=f"pip install {config.log_with}, or leave --log-with out",
+        )
+    if config.log_with == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")
+    return config.log_with
 
 
 def _scan(
@@ -286,18 +426,31 @@ def _optimizer(run: TrainRun) -> None:
     for name, model in run.trainable.items():
         lr = config.lr if name == denoiser else config.effective_te_lr
         groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": lr})
+    prodigy = {
+        "d_coef": config.prodigy_d_coef,
+        "safeguard_warmup": config.prodigy_safeguard_warmup,
+        "use_bias_correction": config.prodigy_bias_correction,
+    }
     optimizer = build_optimizer(
-        groups, config.optimizer, config.lr, config.weight_decay, run.device, config.fused_optimizer
-    )
+        groups, config.optimizer, config.lr, config.weight_decay, run.device, config.fused_optimizer,
+        prodigy=prodigy, warmup_steps=config.warmup_steps,
+    )  # fmt: skip
+    # Schedule-free AdamW has no external schedule: it warms up inside the optimizer.
+    free = config.optimizer == "schedulefree"
     run.lr_scheduler = build_lr_scheduler(
-        config.lr_scheduler, optimizer, config.warmup_steps, run.total_steps
-    )
+        "constant" if free else config.lr_scheduler, optimizer, 0 if free else config.warmup_steps,
+        run.total_steps,
+    )  # fmt: skip
     # Mixed precision only, no DDP wrapper: on several GPUs the gradients are averaged by hand,
     # once per step (studio/training/data_parallel.py).
     run.models = {k: accelerator.prepare_model(m, evaluation_mode=True) for k, m in run.trainable.items()}
     run.optimizer = accelerator.prepare(optimizer)
     run.params = [p for m in run.models.values() for p in m.parameters() if p.requires_grad]
     broadcast_parameters(run.params)
+    if config.ema:
+        from diffusers.training_utils import EMAModel
+
+        run.ema = EMAModel(run.params, decay=config.ema_decay)
     if config.compile or config.cuda_graphs:
         from studio.compile_cache import use_persistent_compile_cache
 
@@ -312,7 +465,9 @@ def _optimizer(run: TrainRun) -> None:
 
 def _resume(run: TrainRun) -> None:
     checkpoint = resolve_checkpoint(run.config.resume)
-    run.state = load_checkpoint(checkpoint, run.trainable, run.optimizer, run.lr_scheduler, run.generator)
+    run.state = load_checkpoint(
+        checkpoint, run.trainable, run.optimizer, run.lr_scheduler, run.generator, run.ema
+    )
     run.accelerator.print(f"resumed from {checkpoint} at step {run.state.step}")
     if run.accelerator.is_main_process:
         trim_metrics(run.run_dir, run.state.step)
@@ -325,11 +480,9 @@ def _caches(run: TrainRun) -> None:
         quiet = not run.accelerator.is_main_process
         for index in tqdm(range(len(run.items)), desc="caching latents", disable=quiet):
             run.latent_cache.get(index)
-    encode = torch.no_grad()(run.family.encode_text)
+    encode = torch.no_grad()(run.encode_text)
     run.text_cache = ContentCache(
-        lambda caption: tuple(
-            t if t is None else t.detach() for t in encode(run.components, [caption], run.device)
-        )
+        lambda caption: tuple(t if t is None else t.detach() for t in encode([caption]))
     )
 
 

@@ -19,13 +19,16 @@ def render_samples(
     resolution: int,
     num_inference_steps: int = 20,
     seed: int = 0,
+    prompt_arguments: Any = None,
 ) -> list[Path]:
-    """One image per prompt, seed ``seed + i``; saved as ``samples/step-NNNNNN-i.png``."""
+    """One image per prompt, seed ``seed + i``; saved as ``samples/step-NNNNNN-i.png``.
+    ``prompt_arguments(prompt)``: the pipeline's prompt arguments (the family's, with clip skip)."""
     paths = []
     for i, prompt in enumerate(prompts):
         generator = torch.Generator(device="cpu").manual_seed(seed + i)
+        prompt_args = prompt_arguments(prompt) if prompt_arguments else {"prompt": prompt}
         image = pipeline(
-            prompt,
+            **prompt_args,
             num_inference_steps=num_inference_steps,
             height=resolution,
             width=resolution,

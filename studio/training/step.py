@@ -71,7 +71,7 @@ def _latent(run: TrainRun, sample: int, rng: random.Random) -> tuple[torch.Tenso
 def _text(run: TrainRun, captions: list[str]) -> TextEmbeddings:
     """Text conditioning: encoded now when the text encoders train, else from the cache."""
     if run.config.train_text_encoder:
-        return run.family.encode_text(run.components, captions, run.device)
+        return run.encode_text(captions)
     encoded = [run.text_cache.get(caption) for caption in captions]
     hidden, pooled = (None if parts[0] is None else torch.cat(parts) for parts in zip(*encoded))
     return hidden, pooled

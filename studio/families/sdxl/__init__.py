@@ -49,16 +49,35 @@ class SDXLFamily(StableDiffusionFamily):
     def matches_checkpoint(self, keys: set[str]) -> bool:
         return any(k.startswith("conditioner.embedders.1.") for k in keys)  # SGM's second embedder
 
-    def encode_text(self, components: dict[str, Any], captions: list[str], device: Any) -> TextEmbeddings:
+    def encode_text(
+        self, components: dict[str, Any], captions: list[str], device: Any, clip_skip: int | None = None
+    ) -> TextEmbeddings:
+        """Both encoders' hidden state ``clip_skip`` layers from the end (2, the penultimate, by
+        default: SDXL's own conditioning, which is what "clip skip 2" means for Illustrious or Pony)."""
         hidden = []
         pooled = None
         for te_name, tok_name in self.text_encoders:
             ids = tokenize(components[tok_name], captions, device)
             out = components[te_name](ids, output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])
+            hidden.append(out.hidden_states[-(clip_skip or 2)])
             if te_name == "text_encoder_2":
                 pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
         return torch.cat(hidden, dim=-1), pooled
+
+    def pipeline_clip_skip(self, clip_skip: int | None) -> int | None:
+        """diffusers' SDXL pipelines count from the penultimate layer (its 0 is clip skip 2)."""
+        return None if not clip_skip or clip_skip == 2 else clip_skip - 2
+
+    def prompt_arguments(
+        self, components: dict[str, Any], prompt: str, negative: str, device: Any, clip_skip: int | None
+    ) -> dict[str, Any]:
+        """diffusers' own ``clip_skip`` (its SDXL path works with transformers 5)."""
+        skip = self.pipeline_clip_skip(clip_skip)
+        return {
+            "prompt": prompt,
+            "negative_prompt": negative or None,
+            **({} if skip is None else {"clip_skip": skip}),
+        }
 
     def added_conditioning(self, batch: DenoiserInput, dtype: torch.dtype) -> dict[str, Any]:
         pooled = batch.text[1]
