@@ -1,0 +1,71 @@
+"""The SD3.5 family: full-size Large and Medium on the meta device, sd-scripts' module names and
+counts, detection from components and from SAI single-file keys, and the tiny pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from studio.families import FLUX, SD3, detect_family, family_for_checkpoint
+from studio.formats.flow_names import fused_part
+from studio.models.flow_configs import build_flow_components
+
+# sd-scripts 48d368f, networks/lora_sd3.py: LoRANetwork([], sd3_models.create_sd3_mmdit(SD3Params(...))
+# on the meta device, lora_dim=16) logs "create LoRA for SD3 MMDiT: 377 modules" for 3.5-Large
+# (depth 38, qk_norm rms, no x_block attn2) and 263 for 3.5-Medium (depth 24, attn2 in blocks 0-12):
+# 10 per joint block (x/context _attn_qkv, _attn_proj, _mlp_fc1, _mlp_fc2, _adaLN_modulation_1),
+# +2 where x_block has attn2 (attn2_qkv, attn2_proj), 7 in the last block (its context block is
+# pre-only: adaLN_modulation_1 and attn_qkv). SD3Params as sd3_utils.analyze_state_dict_state reads
+# them from the real files; the script lived outside the project (torchvision/cv2 stubbed out).
+SD_SCRIPTS_SD3_MODULES = {"sd35-large": 377, "sd35-medium": 263}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pipe = SD3.build_tiny(0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    ("model", "blocks", "params"), [("sd35-large", 38, 8_056_627_520), ("sd35-medium", 24, None)]
+)
+def test_full_size_layer_names_and_counts_are_sd_scripts(model, blocks, params):
+    transformer = build_flow_components(model, with_text_encoders=False)["transformer"]
+    assert len(transformer.transformer_blocks) == blocks and SD3.matches({"transformer": transformer})
+    if params:
+        assert sum(p.numel() for p in transformer.parameters()) == params
+    targets = SD3.lora_targets({"transformer": transformer}, "full", train_text_encoder=False)["transformer"]
+    names = {fused_part("sd3", "transformer", path).name for path in targets}
+    assert len(names) == SD_SCRIPTS_SD3_MODULES[model]
+    last = {n.removeprefix(f"lora_unet_joint_blocks_{blocks - 1}_") for n in names if f"_{blocks - 1}_" in n}
+    assert last == {"context_block_adaLN_modulation_1", "context_block_attn_qkv", "x_block_adaLN_modulation_1",
+                    "x_block_attn_proj", "x_block_attn_qkv", "x_block_mlp_fc1", "x_block_mlp_fc2"}  # fmt: skip
+    assert ("lora_unet_joint_blocks_0_x_block_attn2_qkv" in names) == (model == "sd35-medium")
+
+
+def test_detected_from_components_and_from_sai_single_file_keys(tiny):
+    assert detect_family(tiny.components) is SD3 and not FLUX.matches(tiny.components)
+    sai = {
+        "joint_blocks.0.x_block.attn.qkv.weight",
+        "joint_blocks.0.context_block.attn.qkv.weight",
+        "pos_embed",
+    }
+    assert family_for_checkpoint({f"model.diffusion_model.{k}" for k in sai}) is SD3
+    assert family_for_checkpoint(sai) is SD3 and not SD3.matches_checkpoint(
+        {"double_blocks.0.img_attn.qkv.weight"}
+    )
+
+
+def test_tiny_pipeline_encodes_like_sd3_and_draws(tiny):
+    hidden, pooled = SD3.encode_text(tiny.components, ["a red circle"], "cpu")
+    # 77 CLIP tokens (both CLIPs side by side, zero-padded to T5's width) then T5's tokens
+    assert hidden.shape == (1, 77 + tiny.tokenizer_3.model_max_length, 64) and pooled.shape == (1, 64)
+    embeds, _, pooled_pipe, _ = tiny.encode_prompt("a red circle", None, None, do_classifier_free_guidance=False,
+                                                   max_sequence_length=tiny.tokenizer_3.model_max_length)  # fmt: skip
+    torch.testing.assert_close(hidden, embeds)  # the pipeline's own conditioning
+    torch.testing.assert_close(pooled, pooled_pipe)
+    image = tiny("a red circle", num_inference_steps=2, height=32, width=32, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
