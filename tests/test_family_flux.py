@@ -15,7 +15,7 @@ from studio.formats.flow_names import fused_part
 from studio.formats.safetensors_io import read_header
 from studio.lora.inject import set_lora_enabled
 from studio.models.flow_configs import build_flow_components
-from studio.models.loader import BaseModel
+from studio.models.loader import BaseModel, load_base
 from studio.samples import make_demo_dataset
 from studio.training.encoding import encode_latents
 from studio.training.recipe import train
@@ -99,6 +99,8 @@ def test_detected_from_components_and_from_bfl_single_file_keys(tiny):
 
 def test_tiny_pipeline_reloads_with_its_tokenizers_and_draws(tiny, tmp_path):
     tiny.save_pretrained(tmp_path)
+    loaded = load_base(tmp_path)  # the studio's loader on a diffusers folder
+    assert loaded.family is FLUX and type(loaded.pipeline).__name__ == "FluxPipeline"
     t5 = T5TokenizerFast.from_pretrained(tmp_path / "tokenizer_2")
     assert len(t5) == len(tiny.tokenizer_2) == tiny.text_encoder_2.config.vocab_size
     caption = "a red circle on a blue background"

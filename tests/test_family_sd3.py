@@ -14,7 +14,7 @@ from studio.formats.flow_names import fused_part
 from studio.formats.safetensors_io import read_header
 from studio.lora.inject import set_lora_enabled
 from studio.models.flow_configs import build_flow_components
-from studio.models.loader import BaseModel
+from studio.models.loader import BaseModel, load_base
 from studio.samples import make_demo_dataset
 from studio.training.encoding import encode_latents
 from studio.training.recipe import train
@@ -66,6 +66,13 @@ def test_detected_from_components_and_from_sai_single_file_keys(tiny):
     assert family_for_checkpoint(sai) is SD3 and not SD3.matches_checkpoint(
         {"double_blocks.0.img_attn.qkv.weight"}
     )
+
+
+def test_tiny_pipeline_saves_and_loads_through_the_studio_loader(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    loaded = load_base(tmp_path)
+    assert loaded.family is SD3 and type(loaded.pipeline).__name__ == "StableDiffusion3Pipeline"
+    assert len(loaded.pipeline.tokenizer_3) == loaded.pipeline.text_encoder_3.config.vocab_size
 
 
 def test_tiny_pipeline_encodes_like_sd3_and_draws(tiny):

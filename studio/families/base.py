@@ -48,6 +48,9 @@ class Family(ABC):
     default_resolution: ClassVar[int]  # training and generation side in pixels
     text_encoders: ClassVar[tuple[tuple[str, str], ...]]  # (encoder, tokenizer) attribute names, kohya order
     denoiser: ClassVar[str] = "unet"  # pipeline attribute of the network the LoRA mostly adapts
+    frozen_encoders: ClassVar[
+        tuple[str, ...]
+    ] = ()  # text encoders that never train (T5), moved with the rest
     full_size: ClassVar[str | None] = None  # key of ``studio.models.configs.FULL_SIZE``, if any
     lora_patterns: ClassVar[dict[str, dict[str, str]]]  # preset -> {"denoiser"/"text_encoder": regex}
 

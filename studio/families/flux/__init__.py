@@ -67,6 +67,7 @@ class FluxFamily(FlowMatchingFamily):
     default_resolution = 1024
     text_encoders = (("text_encoder", "tokenizer"),)  # CLIP-L (kohya lora_te1); T5 stays frozen
     t5 = ("text_encoder_2", "tokenizer_2")
+    frozen_encoders = ("text_encoder_2",)
     t5_max_length = 512
     full_size = "flux1-dev"
     lora_patterns = FLUX_LORA_PATTERNS

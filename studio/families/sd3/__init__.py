@@ -43,6 +43,7 @@ class SD3Family(FlowMatchingFamily):
     default_resolution = 1024
     text_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))  # CLIP-L, CLIP-G
     t5 = ("text_encoder_3", "tokenizer_3")
+    frozen_encoders = ("text_encoder_3",)
     t5_max_length = 256
     full_size = "sd35-large"
     lora_patterns = SD3_LORA_PATTERNS
