@@ -3,6 +3,8 @@ detection from components and from BFL single-file keys, and the tiny pipeline's
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from studio.data import DatasetConfig, load_training_image, scan_dataset
 from studio.families import FLUX, SD3, SDXL, DenoiserInput, detect_family, family_for_checkpoint
 from studio.formats.flow_names import fused_part
 from studio.formats.safetensors_io import read_header
-from studio.lora.inject import set_lora_enabled
+from studio.lora.inject import extract_lora, inject_lora, set_lora_enabled
 from studio.models.flow_configs import build_flow_components
 from studio.models.loader import BaseModel, load_base
 from studio.samples import make_demo_dataset
@@ -91,7 +93,8 @@ def test_detected_from_components_and_from_bfl_single_file_keys(tiny):
         "double_blocks.0.img_attn.qkv.weight", "double_blocks.0.txt_mod.lin.weight",
         "single_blocks.0.linear1.weight", "img_in.weight", "guidance_in.in_layer.weight",
     }  # fmt: skip
-    assert family_for_checkpoint(bfl) is FLUX
+    assert family_for_checkpoint(bfl) is FLUX and FLUX.checkpoint_model(bfl) == "flux1-dev"
+    assert FLUX.checkpoint_model({k for k in bfl if not k.startswith("guidance_in")}) == "flux1-schnell"
     assert family_for_checkpoint({f"model.diffusion_model.{k}" for k in bfl}) is FLUX  # ComfyUI's prefix
     assert not FLUX.matches_checkpoint({"conditioner.embedders.1.model.ln_final.weight"})
     assert family_for_checkpoint({"conditioner.embedders.1.model.ln_final.weight"}) is SDXL
@@ -150,3 +153,25 @@ def test_trains_through_the_studio_trainer_and_overfits(tmp_path):
     assert after < 0.97 * before, (before, after)
     header = read_header(result.outputs[0])  # the run's kohya file, on the original fused layout
     assert header.metadata["ss_base_model_version"] == BASE_VERSION
+
+
+def test_schnell_has_no_guidance_input_and_writes_schnell_files(tmp_path):
+    pipe = FLUX.build_tiny(0, guidance=False)
+    inject_lora(pipe.components, FLUX, 2, 2.0, "cross-attn", train_text_encoder=False)
+    scheduler = FLUX.training_scheduler(pipe)
+    assert not scheduler.config.use_dynamic_shifting and scheduler.config.shift == 1.0  # schnell: no shift
+    latents = torch.randn(1, 16, 8, 8)
+    timesteps = torch.tensor([500.0])
+    torch.testing.assert_close(FLUX.sigmas(scheduler, timesteps, latents).flatten(), torch.tensor([0.5]))
+    text = FLUX.encode_text(pipe.components, ["a circle"], "cpu")
+    batch = DenoiserInput(latents, timesteps, text, [], [], (32, 32), scheduler)
+    with torch.no_grad():
+        assert FLUX.predict(pipe.transformer, batch, torch.float32).shape == latents.shape
+    lora = {
+        key: dataclasses.replace(t, up=torch.ones_like(t.up))
+        for key, t in extract_lora(pipe.components).items()
+    }
+    metadata = read_header(
+        FLUX.save_kohya_file(tmp_path / "s.safetensors", lora, pipe.components, {})
+    ).metadata
+    assert metadata["modelspec.architecture"] == "flux-1-schnell/lora"

@@ -66,6 +66,8 @@ def test_detected_from_components_and_from_sai_single_file_keys(tiny):
     assert family_for_checkpoint(sai) is SD3 and not SD3.matches_checkpoint(
         {"double_blocks.0.img_attn.qkv.weight"}
     )
+    assert SD3.checkpoint_model(sai) == "sd35-large"
+    assert SD3.checkpoint_model(sai | {"joint_blocks.0.x_block.attn2.qkv.weight"}) == "sd35-medium"
 
 
 def test_tiny_pipeline_saves_and_loads_through_the_studio_loader(tiny, tmp_path):

@@ -90,6 +90,12 @@ class FluxFamily(FlowMatchingFamily):
         """BFL's original layout (``double_blocks.N.img_attn.qkv``), bare or under ComfyUI's prefix."""
         return any(_BFL_DOUBLE.search(key) for key in keys)
 
+    def checkpoint_model(self, keys: set[str]) -> str:
+        """Which full-size model a BFL checkpoint is: dev has the guidance embedding, schnell not."""
+        return (
+            "flux1-dev" if any(k.endswith("guidance_in.in_layer.weight") for k in keys) else "flux1-schnell"
+        )
+
     def is_dev(self, transformer: Any) -> bool:
         return bool(transformer.config.guidance_embeds)
 

@@ -66,6 +66,10 @@ class SD3Family(FlowMatchingFamily):
         """SAI's original layout (``joint_blocks.N.x_block.attn.qkv``), bare or under ``model.diffusion_model.``."""
         return any(_SAI_JOINT.search(key) for key in keys)
 
+    def checkpoint_model(self, keys: set[str]) -> str:
+        """Which full-size model an SAI checkpoint is: Medium's MMDiT-X blocks have ``x_block.attn2``."""
+        return "sd35-medium" if any(".x_block.attn2." in k for k in keys) else "sd35-large"
+
     def encode_text(self, components: dict[str, Any], captions: list[str], device: Any) -> TextEmbeddings:
         hidden, pooled = zip(
             *(
