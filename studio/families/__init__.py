@@ -1,6 +1,6 @@
 """The model families the studio knows, by id; one folder each, one ``Family`` object each.
 
-Built in: ``sd1``, ``sd2``, ``sdxl``. A family from elsewhere (a plugin, a test) joins with
+Built in: ``sd1``, ``sd2``, ``sdxl``, ``sd3`` (SD3.5) and ``flux`` (Flux.1). A family from elsewhere (a plugin, a test) joins with
 ``register(MyFamily())`` and is then detected, loaded, trained and mixed like the built-in
 ones; nothing else in the studio names families. Detection asks the newest registration
 first, so a family that refines another (a variant of SD 1.x) wins over it.
@@ -14,14 +14,18 @@ from typing import Any
 
 from studio.errors import StudioError
 from studio.families.base import PRESETS, DenoiserInput, Family, TextEmbeddings
+from studio.families.flux import FLUX
 from studio.families.sd1 import SD1
 from studio.families.sd2 import SD2
+from studio.families.sd3 import SD3
 from studio.families.sdxl import SDXL
 
 __all__ = [
+    "FLUX",
     "PRESETS",
     "SD1",
     "SD2",
+    "SD3",
     "SDXL",
     "DenoiserInput",
     "Family",
@@ -95,5 +99,5 @@ def family_for_checkpoint(keys: set[str]) -> Family:
     raise StudioError("the checkpoint is of no known family", hint=f"the studio knows {', '.join(_REGISTRY)}")
 
 
-for _family in (SD1, SD2, SDXL):  # general to specific: detection tries them in reverse
+for _family in (SD1, SD2, SDXL, SD3, FLUX):  # general to specific: detection tries them in reverse
     register(_family)

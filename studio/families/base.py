@@ -37,6 +37,7 @@ class DenoiserInput:
     original_sizes: list[tuple[int, int]]  # (h, w) of each image before resizing
     crops: list[tuple[int, int]]  # (y, x) of each crop's top-left corner
     target_size: tuple[int, int]  # (h, w) in pixels of the batch's bucket
+    scheduler: Any = None  # the training schedule (flow families shift σ by its config)
 
 
 class Family(ABC):
@@ -47,6 +48,9 @@ class Family(ABC):
     default_resolution: ClassVar[int]  # training and generation side in pixels
     text_encoders: ClassVar[tuple[tuple[str, str], ...]]  # (encoder, tokenizer) attribute names, kohya order
     denoiser: ClassVar[str] = "unet"  # pipeline attribute of the network the LoRA mostly adapts
+    frozen_encoders: ClassVar[
+        tuple[str, ...]
+    ] = ()  # text encoders that never train (T5), moved with the rest
     full_size: ClassVar[str | None] = None  # key of ``studio.models.configs.FULL_SIZE``, if any
     lora_patterns: ClassVar[dict[str, dict[str, str]]]  # preset -> {"denoiser"/"text_encoder": regex}
 
@@ -175,6 +179,22 @@ class Family(ABC):
     @abstractmethod
     def layer_group(self, component: str, path: str) -> tuple[str, str | None] | None:
         """The mixer's block of a layer: ``("down", "down.1")``, ``("mid", None)``, or None (no block)."""
+
+    def save_kohya_file(
+        self, path: Path, lora: dict[Any, Any], components: dict[str, Any], metadata: dict[str, str]
+    ) -> Path:
+        """Write an adapter of this family as a kohya file (the flow families write fused layouts)."""
+        from studio.formats.kohya import save_kohya
+
+        return save_kohya(path, lora, components, self, metadata)
+
+    def save_diffusers_file(
+        self, path: Path, lora: dict[Any, Any], components: dict[str, Any], metadata: dict[str, str]
+    ) -> Path:
+        """Write an adapter of this family as a diffusers/peft file."""
+        from studio.formats.diffusers_format import save_diffusers_lora
+
+        return save_diffusers_lora(path, lora, components, self, metadata)
 
 
 def matching_layers(model: Any, pattern: str) -> list[str]:

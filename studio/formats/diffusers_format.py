@@ -30,18 +30,18 @@ from studio.models.family import ModelFamily
 
 
 def _key_path(component: str, path: str) -> str:
-    return path if component == "unet" else canonical_text_encoder_path(path)
+    return canonical_text_encoder_path(path) if component.startswith("text_encoder") else path
 
 
 def _target_name(component: str, path: str) -> str:
-    return path if component == "unet" else path.removeprefix("text_model.")
+    return path.removeprefix("text_model.") if component.startswith("text_encoder") else path
 
 
 def to_diffusers_state_dict(
     lora: LoraDict, components: dict[str, Any], family: ModelFamily, dtype: torch.dtype = torch.float16
 ) -> dict[str, torch.Tensor]:
     """The peft-style tensors of an adapter, keyed by pipeline component."""
-    allowed = ("unet", *family.text_encoder_names)
+    allowed = (family.denoiser, *family.text_encoder_names)
     state: dict[str, torch.Tensor] = {}
     for (component, path), tensors in sorted(lora.items()):
         if component not in allowed:

@@ -13,8 +13,6 @@ from typing import Any
 
 from studio.config import TrainConfig
 from studio.data import ScannedDataset, bucket_info, dataset_dirs, tag_frequency
-from studio.formats.diffusers_format import save_diffusers_lora
-from studio.formats.kohya import save_kohya
 from studio.formats.metadata import TrainingInfo, kohya_metadata
 from studio.models.loader import BaseModel
 
@@ -164,12 +162,12 @@ def export_adapter(
     output = Path(config.output)
     written = []
     if config.format in ("kohya", "both"):
-        written.append(save_kohya(output, lora, base.components, base.family, metadata))
+        written.append(base.family.save_kohya_file(output, lora, base.components, metadata))
     if config.format in ("diffusers", "both"):
         target = (
             output
             if config.format == "diffusers"
             else output.with_name(output.stem + ".diffusers.safetensors")
         )
-        written.append(save_diffusers_lora(target, lora, base.components, base.family, metadata))
+        written.append(base.family.save_diffusers_file(target, lora, base.components, metadata))
     return written

@@ -393,7 +393,7 @@ def _attach_adapter(
     trainable = {family.denoiser: components[family.denoiser]}
     if config.train_text_encoder:
         trainable.update({name: components[name] for name in te_names})
-    for name in ("vae", family.denoiser, *te_names):
+    for name in ("vae", family.denoiser, *te_names, *family.frozen_encoders):
         dtype = torch.float32 if name == "vae" else weight_dtype
         components[name].to(device)
         if components[name].dtype != dtype:
@@ -495,7 +495,7 @@ def _park(run: TrainRun) -> None:
     if config.low_memory and not config.train_text_encoder and not config.shuffle_tags:
         for caption in {item.caption for item in run.items} | {""}:
             run.text_cache.get(caption)
-        run.parked += list(run.family.text_encoder_names)
+        run.parked += [*run.family.text_encoder_names, *run.family.frozen_encoders]
     for name in run.parked:
         run.components[name].to("cpu")
     if run.parked and run.device.type == "cuda":

@@ -94,6 +94,7 @@ def train_step(run: TrainRun, batch: Batch) -> torch.Tensor:
         inputs = DenoiserInput(
             noisy, batch.timesteps, text, batch.original_sizes, batch.crops, _pixel_size(run, batch.latents)
         )
+        inputs.scheduler = scheduler  # the flow families shift σ by its config
         prediction = family.predict(run.models[family.denoiser], inputs, run.weight_dtype)
         target = family.training_target(scheduler, batch.latents, batch.noise, batch.timesteps)
         if batch.masks is not None:

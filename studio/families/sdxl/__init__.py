@@ -40,9 +40,9 @@ class SDXLFamily(StableDiffusionFamily):
         return StableDiffusionXLPipeline
 
     def matches(self, components: dict[str, Any]) -> bool:
-        if components.get("text_encoder_2") is not None:
-            return True
-        return is_unet_pipeline(components) and (
+        if not is_unet_pipeline(components):  # SD3 and Flux have a text_encoder_2 too
+            return False
+        return components.get("text_encoder_2") is not None or (
             getattr(components["unet"].config, "addition_embed_type", None) == "text_time"
         )
 
