@@ -140,6 +140,7 @@ class TrainRun:
             mask = load_mask(item.path, self.data_config.root, (item.width, item.height), item.bucket, crop)
             self._masks[key] = latent_mask(mask, tuple(latent_hw))
         return self._masks[key]
+
     @contextmanager
     def evaluating(self, ema: bool = True) -> Iterator[None]:
         """The adapter as it is used: models in eval mode, a schedule-free optimizer's averaged
