@@ -22,6 +22,7 @@ def dataset(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("data"), count=3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")
 def test_tensorboard_events_hold_loss_lr_validation_and_previews(dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

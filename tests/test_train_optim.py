@@ -160,6 +160,7 @@ def assert_same_file(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _runnable("schedulefree"), reason="schedulefree unavailable")
 def test_schedule_free_run_resumes_exactly_and_exports_its_average(dataset, tmp_path):
     settings = dict(optimizer="schedulefree", lr_scheduler="constant", warmup_steps=2)
@@ -172,6 +173,7 @@ def test_schedule_free_run_resumes_exactly_and_exports_its_average(dataset, tmp_
     assert any(not torch.allclose(exported[k].float(), training[k].float(), atol=1e-4) for k in exported)
 
 
+@pytest.mark.slow
 def test_ema_export_matches_a_reference_and_survives_resume(dataset, tmp_path):
     recorded: list[dict[str, torch.Tensor]] = []
     base = tiny_base()

@@ -59,6 +59,7 @@ def test_held_out_images_do_not_train_and_the_same_adapter_scores_the_same_twice
     assert first == second and first > 0
 
 
+@pytest.mark.slow
 def test_validation_rows_are_equal_across_fresh_runs_and_the_grid_marks_the_best(dataset, tmp_path):
     runs = [train(config(dataset, tmp_path / name), base=tiny_base()) for name in ("a", "b")]
     a, b = (validation_losses(r.run_dir) for r in runs)
