@@ -128,7 +128,7 @@ class TrainRun:
         key = (index, tuple(crop))
         if key not in self._masks:
             item = self.items[index]
-            root = Path(self.config.reg_dir) if item.is_reg else self.data_config.root
+            root = Path(self.config.reg_dir).expanduser() if item.is_reg else self.data_config.root
             mask = load_mask(item.path, root, (item.width, item.height), item.bucket, crop)
             self._masks[key] = latent_mask(mask, tuple(latent_hw))
         return self._masks[key]
