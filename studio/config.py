@@ -234,6 +234,10 @@ class TrainConfig:
     )
     bucket_step: int = option(64, "aspect-ratio bucket size step in px", minimum=8, metavar="PX")
     random_crop: bool = option(False, "random instead of center crops (disables latent caching)")
+    reg_dir: str | None = option(
+        None, "regularisation images (kohya N_class folders), mixed into every epoch", metavar="DIR"
+    )
+    prior_weight: float = option(1.0, "loss weight of the regularisation images", minimum=0)
     masked_loss: bool = option(
         False, "weigh the loss per pixel by the image's alpha channel or masks/NAME.png in the dataset"
     )

@@ -66,6 +66,7 @@ class ImageItem:
     bucket: Bucket
     caption_source: str  # ".txt", ".caption", "metadata.jsonl", "metadata.csv"; "" = fallback
     trigger_added: bool = False  # the caption did not mention the trigger, so it was prepended
+    is_reg: bool = False  # a regularisation (prior) image from --reg-dir
 
 
 @dataclass
@@ -75,6 +76,7 @@ class ScannedDataset:
     items: list[ImageItem] = field(default_factory=list)
     problems: list[FileProblem] = field(default_factory=list)  # files and folders skipped
     notes: list[FileProblem] = field(default_factory=list)  # kept, but worth knowing
+    reg_scanned: list[ImageItem] = field(default_factory=list)  # --reg-dir as scanned (folder repeats)
 
     @property
     def images_found(self) -> int:

@@ -22,7 +22,10 @@ MASKS_FOLDER = "masks"
 
 def mask_file(image: Path, root: Path) -> Path | None:
     """The mask file of ``image``, if there is one."""
-    relative = image.relative_to(root).with_suffix(".png")
+    try:
+        relative = image.relative_to(root).with_suffix(".png")
+    except ValueError:  # not under root: only the by-name mask applies
+        relative = Path(f"{image.stem}.png")
     for candidate in (root / MASKS_FOLDER / relative, root / MASKS_FOLDER / f"{image.stem}.png"):
         if candidate.is_file():
             return candidate

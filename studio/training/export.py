@@ -36,6 +36,7 @@ NOT_IN_METADATA: dict[str, str] = {
     "sample_steps": "previews only",
     "checkpoint_every": "checkpoints only",
     "keep_checkpoints": "checkpoints only",
+    "reg_dir": "a local path; its folders and image counts are written (ss_reg_dataset_dirs, ss_num_reg_images)",
     "resume": "a resumed run trains the same adapter as an uninterrupted one",
     "ema_decay": "written (studio.ema_decay) when --ema is on, the file then holding the EMA weights",
     "validation_dir": "a local path; the validation images are not part of the training set",
@@ -79,7 +80,8 @@ def training_info(
     world_size: int = 1,
 ) -> TrainingInfo:
     """What the file says about the run: ``config`` plus what the run resolved (size, length, GPUs)."""
-    items = dataset.items
+    items = [item for item in dataset.items if not item.is_reg]
+    reg = dataset.reg_scanned  # with their folders' repeats, as sd-scripts counts them
     return TrainingInfo(
         output_name=Path(config.output).stem,
         family=base.family,
@@ -91,6 +93,9 @@ def training_info(
         prediction_type="v_prediction" if config.v_prediction else base.prediction_type,
         resolution=(resolution, resolution),
         num_train_images=sum(item.repeats for item in items),
+        num_reg_images=sum(item.repeats for item in reg),
+        reg_dataset_dirs=dataset_dirs(reg),
+        prior_loss_weight=config.prior_weight,
         tag_frequency=tag_frequency(items),
         dataset_dirs=dataset_dirs(items),
         bucket_info=bucket_info(items),

@@ -137,7 +137,8 @@ class TrainRun:
         key = (index, tuple(crop))
         if key not in self._masks:
             item = self.items[index]
-            mask = load_mask(item.path, self.data_config.root, (item.width, item.height), item.bucket, crop)
+            root = Path(self.config.reg_dir).expanduser() if item.is_reg else self.data_config.root
+            mask = load_mask(item.path, root, (item.width, item.height), item.bucket, crop)
             self._masks[key] = latent_mask(mask, tuple(latent_hw))
         return self._masks[key]
 
@@ -365,6 +366,7 @@ def _scan(
     config: TrainConfig, resolution: int, accelerator: Accelerator
 ) -> tuple[DatasetConfig, ScannedDataset]:
     from studio.data import scan_dataset
+    from studio.data.regularization import add_regularization
 
     data_config = DatasetConfig(
         root=config.data,
@@ -377,6 +379,8 @@ def _scan(
         caption_dropout=config.caption_dropout,
     )
     dataset = scan_dataset(data_config)
+    if config.reg_dir:
+        dataset = add_regularization(dataset, data_config, config.reg_dir)
     for warning in dataset.warnings:
         accelerator.print(f"warning: {warning}")
     return data_config, dataset

@@ -32,7 +32,7 @@ class Batch:
     timesteps: torch.Tensor
     original_sizes: list[Any]
     crops: list[Any]
-    masks: torch.Tensor | None = None  # --masked-loss: per-latent-pixel loss weights (B, 1, h, w)
+    masks: torch.Tensor | None = None  # loss weights (B, 1, h, w): --masked-loss, --prior-weight
 
 
 def make_batch(run: TrainRun, everyone: list[int], epoch: int) -> Batch:
@@ -52,13 +52,23 @@ def make_batch(run: TrainRun, everyone: list[int], epoch: int) -> Batch:
     noise = noise.to(device, latents.dtype, non_blocking=True).contiguous(memory_format=run.memory_format)
     timesteps = timesteps.to(device, non_blocking=True)
     sizes, crops = [e[1] for e in encoded], [e[2] for e in encoded]
-    masks = None
-    if config.masked_loss:
-        masks = torch.stack(
-            [run.loss_mask(run.samples[s], e[2], e[0].shape[-2:]) for s, e in zip(batch, encoded)]
-        )
-        masks = masks.to(device)
+    masks = _loss_weights(run, batch, encoded)
     return Batch(len(everyone), latents, captions, noise, timesteps, sizes, crops, masks)
+
+
+def _loss_weights(run: TrainRun, batch: list[int], encoded: list[tuple]) -> torch.Tensor | None:
+    """Per-latent-pixel loss weights (B, 1, h, w): the --masked-loss mask times --prior-weight for
+    regularisation images; None when every weight is 1."""
+    items = [run.items[run.samples[s]] for s in batch]
+    if not run.config.masked_loss and not any(item.is_reg for item in items):
+        return None
+    latent_hw = encoded[0][0].shape[-2:]
+    weights = []
+    for s, item, (_, _, crop) in zip(batch, items, encoded):
+        mask = run.loss_mask(run.samples[s], crop, latent_hw) if run.config.masked_loss else None
+        mask = torch.ones((1, *latent_hw)) if mask is None else mask
+        weights.append(mask * (run.config.prior_weight if item.is_reg else 1.0))
+    return torch.stack(weights).to(run.device)
 
 
 def _latent(run: TrainRun, sample: int, rng: random.Random) -> tuple[torch.Tensor, Any, Any]:
