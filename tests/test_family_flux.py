@@ -16,6 +16,7 @@ from studio.families import FLUX, SD3, SDXL, DenoiserInput, detect_family, famil
 from studio.formats.flow_names import fused_part
 from studio.formats.safetensors_io import read_header
 from studio.lora.inject import extract_lora, inject_lora, set_lora_enabled
+from studio.models.configs import build_meta_components
 from studio.models.flow_configs import build_flow_components
 from studio.models.loader import BaseModel, load_base
 from studio.samples import make_demo_dataset
@@ -49,6 +50,11 @@ def test_full_size_dev_and_schnell_have_flux1s_structure(flux_dev):
     assert sum(p.numel() for p in flux_dev.parameters()) == 11_901_408_320  # Flux.1-dev's 11.9B
     assert flux_dev.get_submodule("single_transformer_blocks.0.proj_mlp").out_features == 12288
     assert flux_dev.config.guidance_embeds and hasattr(flux_dev.time_text_embed, "guidance_embedder")
+    meta = build_meta_components(FLUX.full_size)  # what `studio merge` builds without a base
+    assert (
+        type(meta["text_encoder_2"]).__name__ == "T5EncoderModel"
+        and meta["text_encoder_2"].config.d_model == 4096
+    )
     schnell = build_flow_components("flux1-schnell", with_text_encoders=False)["transformer"]
     assert not schnell.config.guidance_embeds
     assert not hasattr(schnell.time_text_embed, "guidance_embedder")
@@ -141,11 +147,13 @@ def test_trains_through_the_studio_trainer_and_overfits(tmp_path):
     base = BaseModel(FAMILY.build_tiny(0), FAMILY, "epsilon", "tiny")
     config = TrainConfig(
         data=str(dataset), output=str(tmp_path / "style.safetensors"), trigger="inkstyle", resolution=64,
-        batch_size=2, rank=4, alpha=4.0, lr=1e-2, steps=8, seed=7, layers="full", train_text_encoder=False,
+        batch_size=2, rank=4, alpha=4.0, lr=1e-2, steps=6, seed=7, layers="full", train_text_encoder=False,
+        sample_every=6, sample_steps=1,
     )  # fmt: skip
     result = train(config, base=base)
     transformer = result.base.components["transformer"]
-    assert len(result.losses) == 8 and all(np.isfinite(result.losses))
+    assert len(result.losses) == 6 and all(np.isfinite(result.losses))
+    assert len(list((result.run_dir / "samples").glob("step-000006-*.png"))) == 3  # previews drawn
     after = _fixed_batch_loss(result.base, dataset)
     set_lora_enabled(transformer, False)
     before = _fixed_batch_loss(result.base, dataset)

@@ -114,11 +114,13 @@ def test_trains_through_the_studio_trainer_and_overfits(tmp_path):
     base = BaseModel(FAMILY.build_tiny(0), FAMILY, "epsilon", "tiny")
     config = TrainConfig(
         data=str(dataset), output=str(tmp_path / "style.safetensors"), trigger="inkstyle", resolution=64,
-        batch_size=2, rank=4, alpha=4.0, lr=1e-2, steps=8, seed=7, layers="full", train_text_encoder=False,
+        batch_size=2, rank=4, alpha=4.0, lr=1e-2, steps=6, seed=7, layers="full", train_text_encoder=False,
+        sample_every=6, sample_steps=1,
     )  # fmt: skip
     result = train(config, base=base)
     transformer = result.base.components["transformer"]
-    assert len(result.losses) == 8 and all(np.isfinite(result.losses))
+    assert len(result.losses) == 6 and all(np.isfinite(result.losses))
+    assert len(list((result.run_dir / "samples").glob("step-000006-*.png"))) == 3  # previews drawn
     after = _fixed_batch_loss(result.base, dataset)
     set_lora_enabled(transformer, False)
     before = _fixed_batch_loss(result.base, dataset)

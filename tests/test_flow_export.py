@@ -18,7 +18,7 @@ from studio.lora.inject import extract_lora, inject_lora, set_lora_enabled
 from studio.lora.tensors import LoraTensors
 
 PROMPT = "inkstyle, a red circle"
-DRAW = dict(num_inference_steps=2, height=32, width=32, output_type="np")
+DRAW = dict(num_inference_steps=1, height=32, width=32, output_type="np")
 
 
 def _adapted(family, preset, rank=4, alpha=2.0):
@@ -62,7 +62,9 @@ def test_diffusers_file_reloads_to_the_same_image(family, tmp_path):
     plain, theirs = _reloaded(family, path)
     assert np.abs(ours - plain).max() > 1e-2  # the adapter changes the picture...
     np.testing.assert_allclose(theirs, ours, atol=1e-3)  # ...and diffusers reproduces it from our file
-    assert read_header(path).metadata["modelspec.architecture"] == family.modelspec_architecture("")
+    medium = family is SD3  # the tiny SD3 has MMDiT-X's attn2 in block 0, as 3.5-Medium
+    expected = "stable-diffusion-3-5-medium/lora" if medium else "flux-1-dev/lora"
+    assert read_header(path).metadata["modelspec.architecture"] == expected
 
 
 def test_kohya_flux_file_loads_in_diffusers_to_the_same_image(tmp_path):

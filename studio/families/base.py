@@ -51,7 +51,9 @@ class Family(ABC):
     frozen_encoders: ClassVar[
         tuple[str, ...]
     ] = ()  # text encoders that never train (T5), moved with the rest
-    full_size: ClassVar[str | None] = None  # key of ``studio.models.configs.FULL_SIZE``, if any
+    full_size: ClassVar[str | None] = (
+        None  # a ``build_meta_components`` name (``FULL_SIZE``, ``FLOW_FULL_SIZE``)
+    )
     lora_patterns: ClassVar[dict[str, dict[str, str]]]  # preset -> {"denoiser"/"text_encoder": regex}
 
     # -- identity ---------------------------------------------------------------------------

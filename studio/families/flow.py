@@ -13,6 +13,7 @@ lists only the CLIP encoders, and ``encode_text`` runs T5 without grad.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, ClassVar
 
 import torch
@@ -131,8 +132,6 @@ class FlowMatchingFamily(Family):
 
     def layer_group(self, component: str, path: str) -> tuple[str, str | None] | None:
         """Mixer blocks: ``("double", "double.N")`` / ``("single", "single.N")`` per transformer block."""
-        import re
-
         if component != self.denoiser:
             return None
         if m := re.match(r"(single_)?transformer_blocks\.(\d+)\.", path):

@@ -250,7 +250,14 @@ def full_size_model(name: str) -> FullSizeModel:
 def build_components(
     name: str, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32, with_vae: bool = False
 ) -> dict[str, Any]:
-    """``{"unet", "text_encoder"[, "text_encoder_2"][, "vae"]}`` of a full-size model, randomly initialised."""
+    """``{"unet", "text_encoder"[, "text_encoder_2"][, "vae"]}`` of a full-size model, randomly initialised.
+
+    SD3.5 and Flux.1 names (``studio.models.flow_configs``) give their transformer and encoders.
+    """
+    from studio.models.flow_configs import FLOW_FULL_SIZE, build_flow_components
+
+    if name in FLOW_FULL_SIZE:
+        return build_flow_components(name, device, dtype, with_vae)
     spec = full_size_model(name)
     with torch.device(device):
         components: dict[str, Any] = {"unet": UNet2DConditionModel.from_config(spec.unet)}

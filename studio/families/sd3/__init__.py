@@ -93,6 +93,13 @@ class SD3Family(FlowMatchingFamily):
             return_dict=False,
         )[0]
 
+    def file_metadata(self, metadata: dict[str, str], components: dict[str, Any]) -> dict[str, str]:
+        """sd-scripts' ids; Medium is told from Large by its MMDiT-X blocks."""
+        values = super().file_metadata(metadata, components)
+        if components["transformer"].config.dual_attention_layers:
+            values["modelspec.architecture"] = "stable-diffusion-3-5-medium/lora"
+        return values
+
     def kohya_name(self, ref: Any, denoiser_config: Any) -> str:
         from studio.formats.flow_names import sd3_kohya_name
 
