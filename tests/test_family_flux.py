@@ -183,3 +183,21 @@ def test_schnell_has_no_guidance_input_and_writes_schnell_files(tmp_path):
         FLUX.save_kohya_file(tmp_path / "s.safetensors", lora, pipe.components, {})
     ).metadata
     assert metadata["modelspec.architecture"] == "flux-1-schnell/lora"
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("clip_skip", 2), ("v_prediction", True), ("zero_terminal_snr", True), ("min_snr_gamma", 5.0)],
+)
+def test_sd_schedule_and_clip_options_are_refused_in_one_line(tiny, tmp_path, option, value):
+    from studio.errors import StudioError
+
+    dataset = make_demo_dataset(tmp_path / "data", count=1)
+    base = BaseModel(tiny, FAMILY, "epsilon", "tiny")
+    config = TrainConfig(
+        data=str(dataset), output=str(tmp_path / "s.safetensors"), steps=1, **{option: value}
+    )
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(StudioError, match=f"{flag} does not apply to {FAMILY.display_name}"):
+        train(config, base=base)
+    assert not (tmp_path / "s.safetensors").exists()

@@ -55,6 +55,8 @@ class Family(ABC):
         None  # a ``build_meta_components`` name (``FULL_SIZE``, ``FLOW_FULL_SIZE``)
     )
     lora_patterns: ClassVar[dict[str, dict[str, str]]]  # preset -> {"denoiser"/"text_encoder": regex}
+    # TrainConfig fields that mean nothing for this family: set, they are refused in one line.
+    unsupported_options: ClassVar[tuple[str, ...]] = ()
 
     # -- identity ---------------------------------------------------------------------------
 

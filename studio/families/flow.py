@@ -50,6 +50,8 @@ class FlowMatchingFamily(Family):
     """A flow-matching transformer family (``denoiser = "transformer"``)."""
 
     denoiser = "transformer"
+    # DDPM-schedule and CLIP-layer switches: a flow-matching model has neither.
+    unsupported_options = ("clip_skip", "v_prediction", "zero_terminal_snr", "min_snr_gamma")
     t5: ClassVar[tuple[str, str]]  # (encoder, tokenizer) attributes of T5, frozen
     t5_max_length: ClassVar[int]  # the pipeline's default ``max_sequence_length``
 

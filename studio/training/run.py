@@ -315,6 +315,13 @@ def _held_out(
 def _prediction(config: TrainConfig, base: BaseModel) -> BaseModel:
     """The base as trained: ``--v-prediction`` / ``--zero-terminal-snr`` put into its scheduler
     (previews and the file's metadata follow); refused where the checkpoint itself says epsilon."""
+    for name in base.family.unsupported_options:
+        if getattr(config, name):
+            raise StudioError(
+                f"--{name.replace('_', '-')} does not apply to {base.family.display_name} models",
+                path=config.base,
+                hint=f"leave --{name.replace('_', '-')} out",
+            )
     if config.v_prediction and base.stated_prediction == "epsilon":
         raise StudioError(
             "--v-prediction, but the base checkpoint's metadata says it predicts noise (epsilon)",
