@@ -146,3 +146,32 @@ def test_v_prediction_flags_refused_where_the_base_says_otherwise(tmp_path, caps
     err = capsys.readouterr().err  # loading the base draws progress bars; then one line
     lines = [line for line in err.splitlines() if line.startswith("studio:")]
     assert len(lines) == 1 and "--zero-terminal-snr needs v-prediction" in lines[0] and "Traceback" not in err
+
+
+def test_a_single_file_that_states_v_pred_loads_as_v_and_one_that_says_epsilon_refuses_the_flag(
+    tmp_path, capsys
+):
+    from ldm_checkpoint import pipeline_to_ldm_state_dict
+    from safetensors.torch import save_file
+
+    from studio.models.loader import load_base
+
+    original = build_tiny_pipeline("sd1")
+    original.save_pretrained(tmp_path / "cfg")
+    state = pipeline_to_ldm_state_dict(original, ModelFamily.SD1)
+    # NoobAI-style markers: empty "v_pred" and "ztsnr" tensors (what ComfyUI looks for).
+    save_file(
+        {**state, "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(tmp_path / "v.safetensors")
+    )
+    base = load_base(tmp_path / "v.safetensors", config=str(tmp_path / "cfg"))
+    assert (base.prediction_type, base.stated_prediction) == ("v_prediction", "v_prediction")
+    assert base.pipeline.scheduler.config.rescale_betas_zero_snr
+    save_file(state, str(tmp_path / "eps.safetensors"), metadata={"modelspec.prediction_type": "epsilon"})
+    data = make_demo_dataset(tmp_path / "data", count=2)
+    argv = ["train", str(data), "--base", str(tmp_path / "eps.safetensors"), "--base-config", str(tmp_path / "cfg"),
+            "--output", str(tmp_path / "o.safetensors"), "--v-prediction"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("studio:")]
+    assert len(lines) == 1 and "metadata says it predicts noise" in lines[0] and "Traceback" not in err
