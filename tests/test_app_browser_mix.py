@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 from test_adapters_support import make_kohya
 from test_app_support import CHROMIUM, CHROMIUM_ARGS, AppProcess
 
@@ -55,6 +57,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     }
     for path in made.values():
         library.import_file(ws, db, path)
+    save_file(
+        {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, str(ws.models / "v1.safetensors")
+    )
     settings = {"prompt": "a circle", "seed": 3, "steps": 2, "guidance": 5.0, "width": 32, "height": 32}
     entries = [
         {"name": name, "path": f"/elsewhere/{name}.safetensors", "sha256": file_sha256(path), "weight": 0.5,
@@ -183,3 +188,25 @@ def test_a_recipe_with_block_weight_vectors_restores_every_slot(page, files, tmp
     assert [a.weights.lbw for a in read_recipe(made).adapters] == [VECTOR, "INS", ""]
     no_error_status(page)
     screenshot(page, tmp_path_factory.mktemp("shots"), "mix")
+
+
+def test_models_a_checkpoint_gets_a_config_choice_and_a_download_offline_is_one_line(page, files):
+    """The app runs with HF_HUB_OFFLINE=1 (as the suite does)."""
+    choose(page, "mix-base", "models/v1.safetensors (checkpoint, sd1)")
+    expect(page.locator("#mix-base-config")).to_be_visible()
+    expect(field(page, "mix-base-config")).to_have_value(
+        "auto: diffusers' config for sd1 (needs the network or its cache)"
+    )
+    choose(page, "mix-base-config", "config of Embedded default model")
+    choose(page, "mix-base", "Embedded default model")
+    expect(page.locator("#mix-base-config")).to_be_hidden()
+    field(page, "mix-hub").fill("someone/big-model")
+    page.locator("#mix-download").click()
+    toast(
+        page,
+        "cannot download 'someone/big-model': this machine is offline",
+        "workspace's models/ folder",
+        ws=files["ws"],
+    )
+    no_error_status(page)
+    field(page, "mix-hub").fill("")

@@ -127,7 +127,16 @@ class MixService:
         self.ws, self.db, self.max_sessions, self.fast = ws, db, max_sessions, fast
         self._sessions: OrderedDict[str, GenerationSession] = OrderedDict()
         self._adapters: dict[tuple[str, str, float], Adapter] = {}
+        self._configs: dict[str, str | None] = {}
         self.lock = threading.RLock()
+
+    def set_config(self, base: str, config: str | None) -> None:
+        """How a single-file ``base`` is read (``load_base``'s ``config``); a change reloads it."""
+        with self.lock:
+            if self._configs.get(base) != config and base in self._sessions:
+                self._sessions.pop(base).close()
+                self._adapters = {k: v for k, v in self._adapters.items() if k[0] != base}
+            self._configs[base] = config
 
     def session(self, base: str) -> GenerationSession:
         from studio.models.loader import load_base
@@ -140,7 +149,7 @@ class MixService:
                 old_base, old = self._sessions.popitem(last=False)
                 old.close()
                 self._adapters = {k: v for k, v in self._adapters.items() if k[0] != old_base}
-            model = load_base(base)
+            model = load_base(base, config=self._configs.get(base))
             session = GenerationSession(
                 model.pipeline, base=base_label(self.ws, base), family=model.family, fast=self.fast
             )

@@ -28,7 +28,17 @@ from studio.app.mixing import (
     settings_from,
     trigger_words,
 )
-from studio.app.models import DEFAULT, base_choices, base_fields, resolve_base
+from studio.app.models import (
+    AUTO_CONFIG,
+    DEFAULT,
+    HUB,
+    base_choices,
+    base_fields,
+    config_choices,
+    download,
+    resolve_base,
+    resolve_config,
+)
 from studio.app.ui.common import GENERATE, guard, int_or_none
 from studio.app.ui.forms import Form
 from studio.errors import StudioError
@@ -38,6 +48,7 @@ from studio.recipes import GenerationSettings
 
 SLOTS = 8  # slot columns built; at most this many adapters in one blend
 SHOWN = 2  # slots shown when the tab opens
+NO_CONFIG = [("auto", AUTO_CONFIG)]  # the config picker's choices while the base is no single file
 NATIVE = {"object_fit": "scale-down", "allow_preview": True}  # galleries: own size, click to enlarge
 
 
@@ -114,17 +125,22 @@ class MixForm:
 
     base: gr.Dropdown
     hub_id: gr.Textbox
+    base_config: gr.Dropdown
     slots: list[SlotForm]
     settings: SettingsForm
 
     def inputs(self, with_settings: bool = True) -> dict[str, Any]:
-        named: dict[str, Any] = {"base": self.base, "hub_id": self.hub_id}
+        named: dict[str, Any] = {"base": self.base, "hub_id": self.hub_id, "base_config": self.base_config}
         for i, slot in enumerate(self.slots):
             named.update(slot.inputs(f"slot{i}_"))
         return {**named, **self.settings.inputs("s_")} if with_settings else named
 
     def base_spec(self, ctx: AppContext, kwargs: dict[str, Any]) -> str:
-        return resolve_base(ctx.ws, kwargs["base"], kwargs["hub_id"])
+        """The base to load; for a single-file checkpoint, the mixer is told which config reads it."""
+        spec = resolve_base(ctx.ws, kwargs["base"], kwargs["hub_id"])
+        if not (kwargs["hub_id"] or "").strip() and config_choices(ctx.ws, kwargs["base"])[0]:
+            ctx.mix.set_config(spec, resolve_config(ctx.ws, kwargs["base_config"]))
+        return spec
 
     def read_slots(self, kwargs: dict[str, Any]) -> list[Slot]:
         return [slot.read(kwargs, f"slot{i}_", i + 1) for i, slot in enumerate(self.slots)]
@@ -200,7 +216,11 @@ def build(ctx: AppContext) -> gr.Tab:
             base = gr.Dropdown(
                 base_choices(ctx.ws), value=DEFAULT, label="Base model", elem_id="mix-base", scale=3
             )
-            hub_id = gr.Textbox(label="…or a hub id", placeholder="owner/name", scale=2, elem_id="mix-hub")
+            with gr.Column(scale=2, min_width=200):
+                hub_id = gr.Textbox(label="…or a hub id", placeholder="owner/name", elem_id="mix-hub")
+                fetch = gr.Button("Download from the hub", size="sm", elem_id="mix-download")
+            base_config = gr.Dropdown(NO_CONFIG, value=AUTO_CONFIG, label="Single-file checkpoint: read it with the config of",
+                                      visible=False, elem_id="mix-base-config", scale=2)  # fmt: skip
             lora_upload = gr.File(label="Upload a LoRA (.safetensors) into the library", file_types=[".safetensors"],
                                   elem_id="mix-upload", scale=2, height=120)  # fmt: skip
         built = []
@@ -249,8 +269,9 @@ def build(ctx: AppContext) -> gr.Tab:
                                      elem_id="mix-gallery", format="png", **NATIVE)  # fmt: skip
                 grid_image = gr.Gallery(label="Grid", columns=1, height=420, elem_id="mix-grid-image",
                                         format="png", **NATIVE)  # fmt: skip
-        form = MixForm(base, hub_id, slots, settings)
+        form = MixForm(base, hub_id, base_config, slots, settings)
         mix = MixTab(ctx, ui, form, views, count, message)
+        mix.wire_models(fetch)
         mix.wire_slots(add_slot, remove_slot)
         mix.wire_generate(generate, randomize, batch, gallery)
         mix.wire_grid(grid_btn, grid_kind, grid_prompts, grid_weights, grid_image)
@@ -276,6 +297,30 @@ class MixTab:
 
     def shown(self, n: int) -> dict[Any, Any]:
         return {view.column: gr.update(visible=i < n) for i, view in enumerate(self.views)}
+
+    def wire_models(self, fetch: gr.Button) -> None:
+        ctx, form = self.ctx, self.form
+
+        @self.ui
+        def show_config(choice):
+            choices, _ = config_choices(ctx.ws, choice)
+            if not choices:  # not a single-file checkpoint
+                return gr.update(visible=False, choices=NO_CONFIG, value=AUTO_CONFIG)
+            return gr.update(visible=True, choices=choices, value=choices[0][1])
+
+        @self.ui
+        def do_download(hub_id, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio's progress idiom
+            repo_id = (hub_id or "").strip()
+            if not repo_id:
+                raise StudioError("type a hub id (owner/name) to download")
+            progress(0, desc=f"Downloading {repo_id}")
+            download(repo_id)
+            value = HUB + repo_id
+            note = f"Downloaded **{repo_id}** into the hub cache; it is now in the base list."
+            return gr.update(choices=base_choices(ctx.ws), value=value), "", note
+
+        form.base.change(show_config, form.base, form.base_config, **PRIVATE)
+        fetch.click(do_download, form.hub_id, [form.base, form.hub_id, self.message], **PRIVATE)
 
     def wire_slots(self, add: gr.Button, remove: gr.Button) -> None:
         ui, form, views, prompt = self.ui, self.form, self.views, self.form.settings.prompt
