@@ -153,7 +153,12 @@ def launch(config: AppConfig, *, block: bool = True):
             share=config.share,
             auth=auth,
             allowed_paths=[str(ws.root)],
-            blocked_paths=[str(ws.db_path), str(ws.root / "studio.db-wal"), str(ws.root / "studio.db-shm")],
+            blocked_paths=[
+                str(ws.db_path),
+                str(ws.root / "studio.db-wal"),
+                str(ws.root / "studio.db-shm"),
+                str(ws.root / ".browser-secret"),
+            ],  # fmt: skip
             max_file_size=config.max_upload_mb * gr.FileSize.MB,
             prevent_thread_lock=not block,
             show_error=True,
