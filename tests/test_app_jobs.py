@@ -35,7 +35,8 @@ from pathlib import Path
 from studio.app.db import Database
 db, job_id, folder = Database(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 db.update_job(job_id, status="running")
-(folder / f"{job_id}.env").write_text(os.environ["CUDA_VISIBLE_DEVICES"])
+(folder / f"{job_id}.tmp").write_text(os.environ["CUDA_VISIBLE_DEVICES"])
+(folder / f"{job_id}.tmp").rename(folder / f"{job_id}.env")  # whole, never half-written
 while not (folder / f"{job_id}.go").exists():
     time.sleep(0.05)
 db.update_job(job_id, status="finished", finished=time.time())
