@@ -20,6 +20,7 @@ class Preset:
     name: str
     description: str
     values: dict[str, Any] = field(default_factory=dict)
+    family: str | None = None  # the base family it is written for (a studio.families id)
 
     def apply(self, config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
         """A new config: ``config`` (or defaults), then this preset, then ``overrides``."""
@@ -57,6 +58,7 @@ PRESETS: dict[str, Preset] = {
                 "sample_every": 250,
                 "checkpoint_every": 250,
             },
+            family="sd1",
         ),
         Preset(
             "Style (SDXL)",
@@ -77,6 +79,7 @@ PRESETS: dict[str, Preset] = {
                 "sample_every": 250,
                 "checkpoint_every": 250,
             },
+            family="sdxl",
         ),
         Preset(
             "Style (Illustrious XL)",
@@ -129,6 +132,7 @@ PRESETS: dict[str, Preset] = {
                 "sample_steps": 20,
                 "checkpoint_every": 250,
             },
+            family="sd1",
         ),
     )
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import gradio as gr
@@ -87,7 +88,17 @@ def test_the_message_line_follows_the_job_it_speaks_of(ws):
     db.update_job(job, status="stopped", error="stopped by the user")
     assert job_message(db.job(job), ws.root) == f"Job #{job} stopped: stopped by the user."
     db.update_job(job, status="queued", resume=1)
-    assert job_message(db.job(job), ws.root) == f"Job #{job} queued to resume from its last checkpoint."
+    assert (
+        job_message(db.job(job), ws.root)
+        == f"Job #{job} has no checkpoint yet: queued to start over from step 0."
+    )
+    checkpoint = ws.root / "run" / "checkpoints" / "step-000003"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text("{}")
+    db.update_job(job, config=json.dumps({"data": "x", "run_dir": str(ws.root / "run")}))
+    assert job_message(db.job(job), ws.root, position=2) == (
+        f"Job #{job} queued to resume from its last checkpoint. It is 2 in the queue."
+    )
     db.update_job(job, status="failed", error=f"{ws.root}/datasets/x: no images")
     assert job_message(db.job(job), ws.root) == f"Job #{job} failed: datasets/x: no images."
     db.update_job(job, status="finished")

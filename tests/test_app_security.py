@@ -204,6 +204,7 @@ def test_auth_is_enforced_and_only_workspace_files_are_served(tmp_path):
                 tmp_path / "secret.txt",
                 Path("/etc/passwd"),
                 ws.db_path,
+                ws.root / ".browser-secret",  # the key of the settings each browser keeps
                 ws.datasets / "a" / ".." / ".." / ".." / "secret.txt",
             ):
                 assert browser.get(file_url + str(path)).status_code == 403, path

@@ -24,12 +24,17 @@ class AppContext:
     limits: UploadLimits
 
     @classmethod
-    def open(cls, workspace: str, limits: UploadLimits | None = None, fast: FastPath = PLAIN) -> AppContext:
-        """``fast``: the Mix tab's generation path (plain eager by default)."""
+    def open(
+        cls, workspace: str, limits: UploadLimits | None = None, fast: FastPath = PLAIN,
+        slots: list[str] | None = None,
+    ) -> AppContext:  # fmt: skip
+        """``fast``: the Mix tab's generation path (plain eager by default); ``slots``: the
+        training jobs' device slots (``jobs.device_slots``; one CPU slot by default)."""
         ws = Workspace.open(workspace)
         _lock(ws)
         db = Database(ws.db_path)
-        return cls(ws, db, JobManager(ws, db), MixService(ws, db, fast=fast), limits or UploadLimits())
+        jobs = JobManager(ws, db, slots=slots)
+        return cls(ws, db, jobs, MixService(ws, db, fast=fast), limits or UploadLimits())
 
     def close(self) -> None:
         self.jobs.close()

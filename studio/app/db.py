@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     resume INTEGER NOT NULL DEFAULT 0,
     stop_requested INTEGER NOT NULL DEFAULT 0,
     error TEXT,
-    adapter_id INTEGER
+    adapter_id INTEGER,
+    save_requested INTEGER NOT NULL DEFAULT 0,
+    saved_step INTEGER,              -- the newest checkpoint's step
+    gpus INTEGER NOT NULL DEFAULT 1, -- device slots the job asks for (more than 1: torchrun)
+    gpu TEXT                         -- the slots it runs on, e.g. "0" or "0,1" or "cpu"
 );
 CREATE TABLE IF NOT EXISTS adapters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -54,6 +58,13 @@ CREATE TABLE IF NOT EXISTS adapters (
     job_id INTEGER
 );
 """
+# Columns added after the first release: (name, declaration), added to an older workspace's table.
+_ADDED = {
+    "jobs": [
+        ("save_requested", "INTEGER NOT NULL DEFAULT 0"), ("saved_step", "INTEGER"),
+        ("gpus", "INTEGER NOT NULL DEFAULT 1"), ("gpu", "TEXT"),
+    ],
+}  # fmt: skip
 
 ACTIVE = ("queued", "running")
 RESUMABLE = ("stopped", "interrupted", "failed")
@@ -79,6 +90,10 @@ class Job:
     stop_requested: int
     error: str | None
     adapter_id: int | None
+    save_requested: int = 0
+    saved_step: int | None = None
+    gpus: int = 1
+    gpu: str | None = None
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -107,6 +122,11 @@ class Database:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            for table, columns in _ADDED.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in columns:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -128,11 +148,11 @@ class Database:
             db.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*values.values(), row_id))
 
     # Jobs.
-    def add_job(self, name: str, config: dict[str, Any], status: str = "queued") -> int:
+    def add_job(self, name: str, config: dict[str, Any], status: str = "queued", gpus: int = 1) -> int:
         with self._connect() as db:
             cursor = db.execute(
-                "INSERT INTO jobs (name, status, config, created) VALUES (?, ?, ?, ?)",
-                (name, status, json.dumps(config), time.time()),
+                "INSERT INTO jobs (name, status, config, created, gpus) VALUES (?, ?, ?, ?, ?)",
+                (name, status, json.dumps(config), time.time(), gpus),
             )
             return int(cursor.lastrowid)
 
@@ -146,8 +166,12 @@ class Database:
         return self._rows(Job, "FROM jobs ORDER BY id DESC")
 
     def next_queued(self) -> Job | None:
-        found = self._rows(Job, "FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1")
+        found = self.queued()
         return found[0] if found else None
+
+    def queued(self) -> list[Job]:
+        """Queued jobs in the order they start: oldest first."""
+        return self._rows(Job, "FROM jobs WHERE status = 'queued' ORDER BY id")
 
     def update_job(self, job_id: int, **values: Any) -> None:
         self._update("jobs", job_id, values)

@@ -28,6 +28,7 @@ class AppConfig:
     max_files: int = 2000
     queue_size: int = 64
     compile: str | None = None  # torch.compile mode of the Mix tab's UNet (studio.generate.FastPath.parse)
+    gpus: int | None = None  # training jobs at once, one per GPU (None: every visible GPU, or 1 on CPU)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,13 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", nargs="?", const="reduce-overhead", metavar="MODE",
                         help="compile the Mix tab's UNet (a GPU's fast path; each new size compiles once; "
                         "MODE as in 'studio generate --help', default reduce-overhead)")  # fmt: skip
+    parser.add_argument("--gpus", type=int, metavar="N",
+                        help="run up to N training jobs at once, one per GPU (default: every visible GPU; "
+                        "1 on a machine without CUDA, where N > 1 runs N CPU jobs at once)")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> AppConfig:
     return AppConfig(
         workspace=args.workspace, host=args.host, port=args.port, share=args.share, auth=args.auth,
         max_upload_mb=args.max_upload_mb, max_files=args.max_files, queue_size=args.queue_size,
-        compile=args.compile,
+        compile=args.compile, gpus=args.gpus,
     )  # fmt: skip
 
 
@@ -133,7 +137,9 @@ def launch(config: AppConfig, *, block: bool = True):
 
     limits = UploadLimits(max_bytes=config.max_upload_mb << 20, max_files=config.max_files)
     fast = FastPath.parse(config.compile) if config.compile else PLAIN
-    ctx = AppContext.open(str(ws.root), limits, fast)
+    from studio.app.jobs import device_slots
+
+    ctx = AppContext.open(str(ws.root), limits, fast, slots=device_slots(config.gpus))
     print(f"studio: workspace {ws.root}", flush=True)
     warning = exposure_warning(config)
     if warning:
@@ -147,7 +153,12 @@ def launch(config: AppConfig, *, block: bool = True):
             share=config.share,
             auth=auth,
             allowed_paths=[str(ws.root)],
-            blocked_paths=[str(ws.db_path), str(ws.root / "studio.db-wal"), str(ws.root / "studio.db-shm")],
+            blocked_paths=[
+                str(ws.db_path),
+                str(ws.root / "studio.db-wal"),
+                str(ws.root / "studio.db-shm"),
+                str(ws.root / ".browser-secret"),
+            ],  # fmt: skip
             max_file_size=config.max_upload_mb * gr.FileSize.MB,
             prevent_thread_lock=not block,
             show_error=True,

@@ -21,14 +21,15 @@ from studio.app.models import resolve_base
 from studio.app.progress import job_view
 from studio.config import TrainConfig
 from studio.presets import get_preset
+from studio.training.checkpoint import list_checkpoints
 
 DEFAULT_PRESET = "Quick demo (embedded model)"
-JOB_HEADERS = ["job", "name", "status", "progress", "created", "message"]
+JOB_HEADERS = ["job", "name", "status", "progress", "gpu", "created", "message"]
 
 
 def submit_job(ctx: AppContext, dataset: str, name: str, preset: str, base: str, hub_id: str,
-               trigger: str, options: dict[str, Any]) -> int:  # fmt: skip
-    """Shared by the Start button and the ``/train`` API endpoint."""
+               trigger: str, options: dict[str, Any], gpus: int = 1) -> int:  # fmt: skip
+    """Shared by the Start button and the ``/train`` API endpoint; ``gpus``: slots the job trains on."""
     folder = datasets.dataset_folder(ctx.ws, dataset)
     values = {**dataclasses.asdict(get_preset(preset).apply()), **options}
     values.update(
@@ -37,16 +38,29 @@ def submit_job(ctx: AppContext, dataset: str, name: str, preset: str, base: str,
     config = TrainConfig.from_dict(
         {k: v for k, v in values.items() if k not in ("output", "run_dir", "resume")}
     )
-    return ctx.jobs.submit(name or folder.name, config)
+    return ctx.jobs.submit(name or folder.name, config, int(gpus or 1))
+
+
+def queue_positions(db: Database) -> dict[int, int]:
+    """Queued job id -> its place in the queue (1 starts next)."""
+    return {job.id: n for n, job in enumerate(db.queued(), 1)}
+
+
+def queue_text(position: int) -> str:
+    return "next in the queue" if position == 1 else f"{position} in the queue"
 
 
 def jobs_table(db: Database, root: Path) -> list[list[Any]]:
     """The jobs table, newest first; errors name files relative to the workspace ``root``."""
-    rows = []
+    rows, places = [], queue_positions(db)
     for job in db.jobs():
         progress = f"{job.step}/{job.total}" if job.total else ""
+        if job.id in places:
+            progress = queue_text(places[job.id])
         created = datetime.fromtimestamp(job.created).strftime("%Y-%m-%d %H:%M")
-        rows.append([job.id, job.name, job.status, progress, created, shown_paths(job.error or "", root)])
+        gpu = job.gpu if job.status == "running" or job.gpu else ""
+        rows.append([job.id, job.name, job.status, progress, gpu or "", created,
+                     shown_paths(job.error or "", root)])  # fmt: skip
     return rows
 
 
@@ -66,16 +80,28 @@ def job_status(ctx: AppContext, job_id: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def job_message(job: Job, root: Path) -> str:
-    """The Train tab's line about a job the user acted on, for the status it has now."""
+def has_checkpoint(job: Job) -> bool:
+    config = job.config_dict
+    return bool(config) and bool(list_checkpoints(TrainConfig.from_dict(config).effective_run_dir))
+
+
+def job_message(job: Job, root: Path, position: int | None = None) -> str:
+    """The Train tab's line about a job the user acted on, for the status it has now
+    (``position``: its place in the queue)."""
     if job.status == "queued":
-        return (
-            f"Job #{job.id} queued to resume from its last checkpoint."
-            if job.resume
-            else f"Queued job #{job.id}."
-        )
+        place = f" It is {queue_text(position)}." if position else ""
+        if not job.resume:
+            return f"Queued job #{job.id}.{place}"
+        if has_checkpoint(job):
+            return f"Job #{job.id} queued to resume from its last checkpoint.{place}"
+        return f"Job #{job.id} has no checkpoint yet: queued to start over from step 0.{place}"
     if job.status == "running":
-        return f"Stopping job #{job.id}…" if job.stop_requested else f"Job #{job.id} is running."
+        if job.stop_requested:
+            return f"Stopping job #{job.id}…"
+        saved = f" Checkpoint saved at step {job.saved_step}." if job.saved_step else ""
+        if job.save_requested:
+            return f"Job #{job.id}: saving a checkpoint at the current step…"
+        return f"Job #{job.id} is running.{saved}"
     if job.status == "finished":
         return f"Job #{job.id} finished: **{job.name}** is in the Library."
     reason = f": {shown_paths(job.error, root)}" if job.error else ""

@@ -3,7 +3,8 @@
 A hook is called with the step's ``StepEvent`` once its loss is known, in order: the NaN
 guard, the loss record, the progress bar, metrics, checkpoints, previews, then the
 caller's ``on_step``. A hook may return ``STOP`` to end the run after this step (the
-run then saves a checkpoint and returns ``stopped=True``). A hook whose ``every`` is set
+run then saves a checkpoint and returns ``stopped=True``); ``on_step`` may answer ``SAVE``
+for a checkpoint now, written before the next step starts. A hook whose ``every`` is set
 needs the state right after its steps: with overlapped steps, the loop finishes every
 pending step before such a step's hooks run. Each hook takes only what it needs, so it can
 be built and tested alone.
@@ -25,6 +26,7 @@ from studio.training.checkpoint import list_checkpoints
 from studio.training.metrics import append_metrics
 
 STOP = "stop"
+SAVE = "save"
 
 
 @dataclass
@@ -189,7 +191,8 @@ class TrackerLog(Hook):
 
 
 class Callback(Hook):
-    """The caller's ``on_step``; returning ``"stop"`` or raising ``StopTraining`` stops the run.
+    """The caller's ``on_step``; returning ``"stop"`` or raising ``StopTraining`` stops the run,
+    returning ``"save"`` asks for a checkpoint now (``save_requested``).
 
     In a data-parallel run every process calls it with the same event, and all of them must
     decide alike (a decision from the event itself does).
@@ -197,13 +200,23 @@ class Callback(Hook):
 
     def __init__(self, on_step: Callable[[StepEvent], Any]):
         self.on_step = on_step
+        self.save_asked = False
 
     def __call__(self, event: StepEvent) -> str | None:
         try:
             answer = self.on_step(event)
         except StopTraining:
             return STOP
+        self.save_asked = self.save_asked or answer == SAVE
         return STOP if answer == STOP else None
+
+
+def save_requested(hooks: list[Hook]) -> bool:
+    """Whether ``on_step`` asked for a checkpoint since the last call (the request is taken)."""
+    asked = [hook for hook in hooks if isinstance(hook, Callback) and hook.save_asked]
+    for hook in asked:
+        hook.save_asked = False
+    return bool(asked)
 
 
 def run_hooks(hooks: list[Hook], event: StepEvent) -> bool:

@@ -35,6 +35,7 @@ from studio.training.hooks import (
     Validation,
     on_device,
     run_hooks,
+    save_requested,
 )
 from studio.training.optim import current_lr, optimizer_mode
 from studio.training.run import TrainRun, setup_run
@@ -150,8 +151,24 @@ def run_loop(run: TrainRun, hooks: list[Hook]) -> bool:
         keep = 0 if needs_everything(config, hooks, state.step, run.total_steps) else 1
         while len(waiting) > keep:
             stop = finish_step(run, hooks, waiting.pop(0)) or stop
+        if save_requested(hooks) and not stop and state.step < run.total_steps:
+            stop = save_now(run, hooks, waiting)  # (a stop or the end saves its own)
     while waiting:  # a stop can leave the step after it unread
         stop = finish_step(run, hooks, waiting.pop(0)) or stop
+    return stop
+
+
+def save_now(run: TrainRun, hooks: list[Hook], waiting: list[Pending]) -> bool:
+    """ "Save a checkpoint now": every pending step's bookkeeping first, so the checkpoint holds
+    the position, losses and adapter of one finished step (only the main process writes).
+    Returns whether a hook asked to stop meanwhile: then the stop's checkpoint is the one."""
+    stop = False
+    while waiting:
+        stop = finish_step(run, hooks, waiting.pop(0)) or stop
+    save_requested(hooks)  # asked again while those steps were read: this is that save
+    if not stop and run.accelerator.is_main_process:
+        path = run.save_checkpoint(with_adapter=True)
+        run.accelerator.print(f"saved checkpoint {path.name} (asked for)")
     return stop
 
 

@@ -1,8 +1,16 @@
-"""Train tab: dataset (upload, captions, check), preset and options, Start/Stop/Resume, live progress."""
+"""Train tab: dataset (upload, captions, check), preset and options, Start/Stop/Resume, live progress.
+
+The settings column is kept per browser (``gr.BrowserState``: localStorage), so a reload
+or an app restart brings back what the user had set.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -10,9 +18,10 @@ import pandas as pd
 
 from studio.app import datasets
 from studio.app.context import AppContext
+from studio.app.fit import better_base, fit_warning
 from studio.app.messages import shown_paths
-from studio.app.models import DEFAULT, base_choices
-from studio.app.progress import job_view
+from studio.app.models import DEFAULT, base_choices, base_fields
+from studio.app.progress import RAW, SMOOTHED, VALIDATION, job_view
 from studio.app.training import (
     DEFAULT_PRESET,
     JOB_HEADERS,
@@ -20,6 +29,7 @@ from studio.app.training import (
     job_choices,
     job_message,
     jobs_table,
+    queue_positions,
     submit_job,
 )
 from studio.app.ui.common import LIGHT, guard, int_or_none, number_or_none
@@ -74,6 +84,48 @@ def config_from_widgets(values: list[Any]) -> dict[str, Any]:
     return {spec.name: _from_widget(spec, value) for spec, value in zip(_ADVANCED, values)}
 
 
+def config_values(config: TrainConfig) -> list[Any]:
+    """The advanced widgets' values for a whole config (a job's, for "Train again")."""
+    return [
+        "\n".join(getattr(config, s.name)) if s.kind is list else getattr(config, s.name) for s in _ADVANCED
+    ]
+
+
+def dataset_choice(ctx: AppContext, data: str) -> str:
+    """A job's dataset folder as the Dataset field names it: its name, or its path in the workspace."""
+    if not ctx.ws.contains(data):
+        return data
+    folder = Path(os.path.realpath(data))
+    return folder.name if folder.parent == ctx.ws.datasets else ctx.ws.relative(folder)
+
+
+def again_values(ctx: AppContext, job_id: int) -> dict[str, Any]:
+    """A job's settings as the form's values (``JobWidgets`` names, then ``advanced``)."""
+    job = ctx.db.job(job_id)
+    if not job.config_dict:
+        raise StudioError(f"job #{job_id} has no settings to train again with")
+    config = TrainConfig.from_dict(job.config_dict)
+    choice, hub_id, found = base_fields(ctx.ws, config.base)
+    if not found:
+        raise StudioError(f"job #{job_id}'s base model is not here any more: {config.base}")
+    return {"dataset": dataset_choice(ctx, config.data), "name": job.name, "base": choice, "hub_id": hub_id,
+            "trigger": config.trigger or "", "gpus": job.gpus, "advanced": config_values(config)}  # fmt: skip
+
+
+def _plot_frames(view) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Loss and learning-rate frames with numeric columns (an empty frame too: its axes stay numbers)."""
+    curves = pd.DataFrame(
+        {"step": pd.Series([r[0] for r in view.curves], dtype="int64"),
+         "value": pd.Series([r[1] for r in view.curves], dtype="float64"),
+         "series": pd.Series([r[2] for r in view.curves], dtype="str")}
+    )  # fmt: skip
+    lrs = pd.DataFrame(
+        {"step": pd.Series([r[0] for r in view.lrs], dtype="int64"),
+         "lr": pd.Series([r[1] for r in view.lrs], dtype="float64")}
+    )  # fmt: skip
+    return curves, lrs
+
+
 @dataclass
 class DatasetWidgets(Form):
     """Column 1: the dataset, its captions and its check."""
@@ -97,6 +149,7 @@ class JobWidgets(Form):
     base: gr.Dropdown
     hub_id: gr.Textbox
     trigger: gr.Textbox
+    gpus: gr.Number
 
 
 @dataclass
@@ -106,6 +159,7 @@ class ProgressWidgets(Form):
     jobs: gr.Dataframe
     progress: gr.HTML
     loss_plot: gr.LinePlot
+    lr_plot: gr.LinePlot
     samples: gr.Gallery
     log: gr.Code
     job: gr.Dropdown
@@ -159,7 +213,15 @@ def _progress_section(ctx: AppContext) -> tuple[ProgressWidgets, gr.Button]:
         refresh = gr.Button("Refresh", size="sm", scale=1)
     progress = gr.HTML(elem_id="train-progress")
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=240, elem_id="train-loss")
+        with gr.Column():
+            loss_plot = gr.LinePlot(
+                x="step", y="value", color="series", title="Loss", height=240, elem_id="train-loss",
+                color_map={RAW: "#cfd8e3", SMOOTHED: "#1f6fb2", VALIDATION: "#e07b00"}, color_title="",
+                y_title="loss", sort="x",
+            )  # fmt: skip
+            lr_plot = gr.LinePlot(
+                x="step", y="lr", title="Learning rate", height=140, elem_id="train-lr", y_axis_format=".1e"
+            )
         samples = gr.Gallery(label="Samples (newest first)", columns=4, height=240, elem_id="train-samples")
     log = gr.Code(label="Log", language=None, interactive=False, lines=8, elem_id="train-log")
     jobs = gr.Dataframe(
@@ -169,7 +231,7 @@ def _progress_section(ctx: AppContext) -> tuple[ProgressWidgets, gr.Button]:
         label="Jobs",
         elem_id="train-jobs",
     )
-    return ProgressWidgets(jobs, progress, loss_plot, samples, log, job), refresh
+    return ProgressWidgets(jobs, progress, loss_plot, lr_plot, samples, log, job), refresh
 
 
 def build(ctx: AppContext) -> gr.Tab:
@@ -196,6 +258,11 @@ def build(ctx: AppContext) -> gr.Tab:
                     placeholder="owner/name", elem_id="train-hub",
                 )  # fmt: skip
                 name = gr.Textbox(label="Adapter name", value="my-style", elem_id="train-name")
+                slots = len(ctx.jobs.slots)
+                gpus = gr.Number(
+                    value=1, precision=0, minimum=1, maximum=slots, label=f"GPUs for this job (of {slots})",
+                    elem_id="train-gpus", visible=slots > 1,
+                )  # fmt: skip
                 with gr.Accordion("Advanced options", open=False, elem_id="train-advanced"):
                     advanced = []
                     pairs = list(zip(_ADVANCED, preset_values(DEFAULT_PRESET)))
@@ -205,21 +272,24 @@ def build(ctx: AppContext) -> gr.Tab:
                                 widget = _widget(spec, value)
                                 widget.elem_id = f"adv-{spec.name.replace('_', '-')}"
                                 advanced.append(widget)
+                fit = gr.Markdown(elem_id="train-fit")
                 with gr.Row():
                     start = gr.Button("Start", variant="primary", elem_id="train-start")
                     stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
                     resume = gr.Button("Resume", elem_id="train-resume")
+                with gr.Row():
+                    save_now = gr.Button("Save checkpoint now", size="sm", elem_id="train-save-now")
+                    again = gr.Button("Train again with these settings", size="sm", elem_id="train-again")
                 message = gr.Markdown(elem_id="train-message")
         shown, refresh = _progress_section(ctx)
         resolution = advanced[[spec.name for spec in _ADVANCED].index("resolution")]
         _wire_dataset(ctx, data, buttons, find, replace, resolution, message)
-        preset.input(  # the user picked one (not a value set on page load)
-            ui(lambda p: [PRESETS[p].description, *preset_values(p)]), preset, [preset_info, *advanced],
-            api_visibility="private",
-        )  # fmt: skip
-        actions = {"start": start, "stop": stop, "resume": resume, "refresh": refresh}
-        _wire_jobs(ctx, JobWidgets(data.dataset, name, preset, base, hub_id, data.trigger), advanced, actions,
-                   shown, message)  # fmt: skip
+        form = JobWidgets(data.dataset, name, preset, base, hub_id, data.trigger, gpus)
+        _wire_settings(ctx, form, advanced, preset_info, fit)
+        actions = {"start": start, "stop": stop, "resume": resume, "refresh": refresh, "save_now": save_now,
+                   "again": again}  # fmt: skip
+        _wire_jobs(ctx, form, advanced, actions, shown, message)
+        _keep_settings(ctx, form, advanced)
         tab.select(
             ui(lambda: (gr.update(choices=datasets.list_datasets(ctx.ws)), gr.update(choices=base_choices(ctx.ws)))),
             None, [data.dataset, base], api_visibility="private",
@@ -291,6 +361,83 @@ def _wire_dataset(ctx: AppContext, data: DatasetWidgets, buttons: dict[str, gr.B
     )  # fmt: skip
 
 
+def _wire_settings(ctx: AppContext, form: JobWidgets, advanced: list[Any], info: gr.Markdown,
+                   fit: gr.Markdown) -> None:  # fmt: skip
+    """A picked preset fills the options and, when it is for another family or size, switches the
+    base to one that fits (if the picker has one) or warns with the time it would take."""
+    ui, private = guard(ctx.ws.root), {"api_visibility": "private"}
+
+    @ui
+    def pick_preset(name, choice):
+        switch = better_base(ctx.ws, PRESETS[name], choice)
+        base = gr.update(value=switch) if switch else gr.skip()
+        return [PRESETS[name].description, *preset_values(name), base]
+
+    @ui
+    def fit_note(name, choice, hub_id, *values):
+        if (hub_id or "").strip() or name not in PRESETS:
+            return ""
+        options = config_from_widgets(list(values))
+        config = TrainConfig.from_dict(
+            {**options, "base": str(ctx.ws.resolve(choice)) if choice and choice != DEFAULT else DEFAULT}
+        )
+        return fit_warning(ctx.ws, ctx.db, PRESETS[name], choice, config)
+
+    picked = form.preset.input(  # the user picked one (not a value set on page load)
+        pick_preset, [form.preset, form.base], [info, *advanced, form.base], **private
+    )
+    noted = {
+        "fn": fit_note,
+        "inputs": [form.preset, form.base, form.hub_id, *advanced],
+        "outputs": fit,
+        **private,
+    }
+    picked.then(**noted)
+    form.base.input(**noted)
+
+
+def _keep_settings(ctx: AppContext, form: JobWidgets, advanced: list[Any]) -> None:
+    """The settings column in the browser's localStorage: written in the page on every change (no
+    server call), read back when the page loads; values that no longer fit are left out."""
+    names = [*form.named(), *(spec.name for spec in _ADVANCED)]
+    widgets = [*form.components(), *advanced]
+    stored = gr.BrowserState({}, storage_key="studio-train-settings", secret=_browser_secret(ctx))
+    keep = f"(...v) => Object.fromEntries({json.dumps(names)}.map((n, i) => [n, v[i]]))"
+    for widget in widgets:
+        widget.change(
+            None, widgets, stored, js=keep, queue=False, show_progress="hidden", api_visibility="private"
+        )
+
+    @guard(ctx.ws.root, quiet=True)
+    def restore(saved):
+        if not isinstance(saved, dict) or not saved:
+            return gr.skip()
+        valid = {
+            "dataset": lambda v: v in datasets.list_datasets(ctx.ws), "preset": lambda v: v in PRESETS,
+            "base": lambda v: v in [value for _, value in base_choices(ctx.ws)],
+            "gpus": lambda v: isinstance(v, (int, float)) and 1 <= v <= len(ctx.jobs.slots),
+        }  # fmt: skip
+        out = {}
+        for name, widget in zip(names, widgets):
+            if name in saved and saved[name] is not None and valid.get(name, lambda v: True)(saved[name]):
+                out[widget] = saved[name]
+        return out or gr.skip()
+
+    from gradio.context import Context
+
+    Context.root_block.load(restore, stored, widgets, show_progress="hidden", api_visibility="private")
+
+
+def _browser_secret(ctx: AppContext) -> str:
+    """The key the stored settings are encrypted with: one per workspace, so they survive restarts."""
+    path = ctx.ws.root / ".browser-secret"
+    if not path.is_file():
+        from studio.atomic import write_text
+
+        write_text(path, secrets.token_hex(16))
+    return path.read_text(encoding="utf-8").strip()
+
+
 def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: dict[str, gr.Button],
                shown: ProgressWidgets, message: gr.Markdown) -> None:  # fmt: skip
     """Start, Stop, Resume, and the live progress that follows the running job."""
@@ -298,8 +445,11 @@ def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: 
     watched = gr.State({})  # {"id", "text"}: the job the message line speaks of, and what it said
     seen = gr.State({})  # what the page shows now, so a tick sends only what changed
 
+    def said_now(job_id: int) -> str:
+        return job_message(ctx.db.job(job_id), ctx.ws.root, queue_positions(ctx.db).get(job_id))
+
     def announce(job_id: int) -> dict[Any, Any]:
-        text = job_message(ctx.db.job(job_id), ctx.ws.root)
+        text = said_now(job_id)
         return {message: text, watched: {"id": job_id, "text": text}}
 
     @ui
@@ -319,16 +469,35 @@ def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: 
             raise StudioError("choose a job")
         return announce(ctx.jobs.resume(int(job_id)).id)
 
+    @ui
+    def on_save_now(job_id):
+        if job_id is None:
+            raise StudioError("choose a running job")
+        return announce(ctx.jobs.save_now(int(job_id)).id)
+
+    @ui
+    def on_again(job_id):
+        if job_id is None:
+            raise StudioError("choose a job whose settings to train again with")
+        values = again_values(ctx, int(job_id))
+        widgets = form.named()
+        out = {widgets[key]: value for key, value in values.items() if key != "advanced"}
+        out.update(zip(advanced, values["advanced"]))
+        note = f"Loaded the settings of job #{job_id} (the preset's values are replaced by the job's); press **Start**."
+        return {**out, message: note, watched: {}}
+
     actions["start"].click(on_start, advanced, [shown.job, message, watched], inputs_kwargs=form.inputs(),
                            **private)  # fmt: skip
     actions["stop"].click(on_stop, shown.job, [message, watched], **private)
     actions["resume"].click(on_resume, shown.job, [message, watched], **private)
+    actions["save_now"].click(on_save_now, shown.job, [message, watched], **private)
+    actions["again"].click(on_again, shown.job, [*form.components(), *advanced, message, watched], **private)
 
     def message_now(said: dict) -> dict[Any, Any]:
         """The message line again if the job it speaks of has moved on ("Queued" -> "failed")."""
         if said.get("id") is None:
             return {}
-        text = job_message(ctx.db.job(said["id"]), ctx.ws.root)
+        text = said_now(said["id"])
         return {} if text == said.get("text") else {message: text, watched: {"id": said["id"], "text": text}}
 
     def tick(job_id, last: dict, said: dict, picked=None, follow: bool = True):
@@ -343,12 +512,17 @@ def _wire_jobs(ctx: AppContext, form: JobWidgets, advanced: list[Any], actions: 
         view = job_view(ctx.db, int(job_id), ctx.jobs.log_path(int(job_id)))
         now = {
             "jobs": jobs_table(ctx.db, ctx.ws.root), "progress": shown_paths(view.html(), ctx.ws.root),
-            "loss_plot": view.losses, "samples": view.samples, "log": shown_paths(view.log_tail, ctx.ws.root),
-            "job": job_id, "status": view.job.status,
+            "loss_plot": view.curves, "lr_plot": view.lrs, "samples": view.samples,
+            "log": shown_paths(view.log_tail, ctx.ws.root), "job": job_id, "status": view.job.status,
+            "series": list(dict.fromkeys(row[2] for row in view.curves)),
         }  # fmt: skip
         changed = {key for key in now if now[key] != last.get(key)}
-        values = {**now, "loss_plot": pd.DataFrame(view.losses, columns=["step", "loss"])}
-        out.update(shown.updates({key: values[key] for key in changed - {"job", "status"}}))
+        curves, lrs = _plot_frames(view)
+        # No data: no plot (None), so the first rows draw it afresh with their series and numeric axes.
+        values = {**now, "loss_plot": curves if len(curves) else None, "lr_plot": lrs if len(lrs) else None}
+        out.update(shown.updates({key: values[key] for key in changed - {"job", "status", "series"}}))
+        if "series" in changed:  # the plot keeps the colour domain it was drawn with: redraw it
+            out[shown.loss_plot] = gr.update(value=values["loss_plot"], colors_in_legend=now["series"])
         if "jobs" in changed or job_id != asked:  # the value only when it moves: never undo a pick in flight
             out[shown.job] = gr.update(
                 choices=job_choices(ctx.db), **({"value": job_id} if job_id != asked else {})
