@@ -189,14 +189,22 @@ def test_loss_curves_are_numeric_smoothed_and_carry_validation_and_lr(ws, db, tm
 
 
 def _fake_base(folder: Path, sample_size: int, xl: bool = False) -> None:
-    """Config files only: what the picker reads to tell a base's family and size."""
+    """Config files only, laid out as diffusers saves them: what the picker reads to tell a
+    base's family (the shared config detection) and its native size."""
     for part in ("unet", "vae"):
         (folder / part).mkdir(parents=True)
-    name = "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline"
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": name}))
-    (folder / "unet" / "config.json").write_text(
-        json.dumps({"sample_size": sample_size, "cross_attention_dim": 768})
-    )
+    encoders = ("text_encoder", "text_encoder_2") if xl else ("text_encoder",)
+    index = {
+        "_class_name": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        **{name: ["transformers", "CLIPTextModel"] for name in encoders},
+    }
+    unet = {"sample_size": sample_size, "cross_attention_dim": 2048 if xl else 768}
+    if xl:
+        unet["addition_embed_type"] = "text_time"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "unet" / "config.json").write_text(json.dumps(unet))
     (folder / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [128, 256, 512, 512]}))
 
 

@@ -23,13 +23,14 @@ from studio.presets import PRESETS
 from studio.recipes import GenerationSettings, Recipe, read_recipe
 from studio.samples import make_demo_dataset
 from studio.training.export import training_info
-from studio.training.run import _noise_schedule, setup_run
+from studio.training.prediction import noise_schedule
+from studio.training.run import setup_run
 
 
 def test_v_target_with_zero_terminal_snr_matches_the_paper_formula():
     pipeline = build_tiny_pipeline("sd1")
     config = TrainConfig(v_prediction=True, zero_terminal_snr=True)
-    scheduler = _noise_schedule(config, SD1.training_scheduler(pipeline))
+    scheduler = noise_schedule(config, SD1.training_scheduler(pipeline))
     # Lin et al. 2024, algorithm 1, from the scaled-linear betas by hand.
     c = scheduler.config
     betas = (

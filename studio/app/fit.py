@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.app.db import Database, Job
-from studio.app.models import DEFAULT, base_choices, resolve_base
+from studio.app.models import DEFAULT, base_choices, folder_family, resolve_base
 from studio.app.progress import format_seconds
 from studio.app.workspace import Workspace
 from studio.config import TrainConfig
+from studio.errors import StudioError
 from studio.presets import Preset
-
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
 
 @dataclass(frozen=True)
@@ -43,16 +42,24 @@ def base_shape(ws: Workspace, choice: str | None) -> BaseShape | None:
     from studio.models.default import default_model_dir
 
     folder = default_model_dir() if not choice or choice == DEFAULT else Path(resolve_base(ws, choice))
-    index = _read_json(folder / "model_index.json")
     unet, vae = _read_json(folder / "unet" / "config.json"), _read_json(folder / "vae" / "config.json")
-    if not index or not unet.get("sample_size"):
+    if not unet.get("sample_size"):
         return None
-    if "XL" in str(index.get("_class_name", "")):
-        family = "sdxl"
-    else:
-        family = "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
+    try:
+        family = folder_family(folder)  # the picker's own detection, from the configs alone
+    except (StudioError, ValueError):
+        return None
     scale = 2 ** (len(vae.get("block_out_channels") or [0, 0, 0, 0]) - 1)
     return BaseShape(family, int(unet["sample_size"]) * scale)
+
+
+def _display_name(family: str) -> str:
+    from studio.families import get_family
+
+    try:
+        return get_family(family).display_name
+    except ValueError:
+        return family
 
 
 def preset_shape(preset: Preset) -> BaseShape | None:
@@ -98,8 +105,8 @@ def fit_warning(ws: Workspace, db: Database, preset: Preset, choice: str | None,
     wanted, have = preset_shape(preset), base_shape(ws, choice)
     if wanted is None or have is None or wanted == have:
         return ""
-    made = f"{FAMILY_NAMES.get(wanted.family, wanted.family)} models at {wanted.resolution} px"
-    base = f"{FAMILY_NAMES.get(have.family, have.family)} model made for {have.resolution} px"
+    made = f"{_display_name(wanted.family)} models at {wanted.resolution} px"
+    base = f"{_display_name(have.family)} model made for {have.resolution} px"
     text = f"⚠ **{preset.name}** is for {made}; the base is a {base}. "
     estimate = estimate_seconds(db, config)
     steps = f"{config.steps:,} steps at {config.resolution} px, batch {config.batch_size}"

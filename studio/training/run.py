@@ -46,6 +46,7 @@ from studio.training.export import export_adapter
 from studio.training.loss import latent_mask
 from studio.training.metrics import trim_metrics
 from studio.training.optim import build_lr_scheduler, build_optimizer, check_optimizer_package, optimizer_mode
+from studio.training.prediction import base_as_trained, noise_schedule
 
 
 @dataclass
@@ -264,7 +265,7 @@ def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
-    base = _prediction(config, base or load_base(config.base, config=config.base_config))
+    base = base_as_trained(config, base or load_base(config.base, config=config.base_config))
     resolution = config.resolution or base.family.default_resolution
     data_config, dataset = _scan(config, resolution, accelerator)
     dataset, held_out = _held_out(config, data_config, dataset)
@@ -286,7 +287,7 @@ def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
         accelerator.init_trackers("studio", config=scalars, init_kwargs={"wandb": {"dir": str(run.run_dir)}})
     if config.resume:
         _resume(run)
-    run.noise_scheduler = _noise_schedule(config, run.family.training_scheduler(base.pipeline))
+    run.noise_scheduler = noise_schedule(config, run.family.training_scheduler(base.pipeline))
     _caches(run)
     if held_out:
         from studio.training.validation import prepare_validation
@@ -310,48 +311,6 @@ def _held_out(
         return dataset, []
     kept, held = split_validation(dataset.items, config.validation_split, config.seed)
     return dataclasses.replace(dataset, items=kept), held
-
-
-def _prediction(config: TrainConfig, base: BaseModel) -> BaseModel:
-    """The base as trained: ``--v-prediction`` / ``--zero-terminal-snr`` put into its scheduler
-    (previews and the file's metadata follow); refused where the checkpoint itself says epsilon."""
-    for name in base.family.unsupported_options:
-        if getattr(config, name):
-            raise StudioError(
-                f"--{name.replace('_', '-')} does not apply to {base.family.display_name} models",
-                path=config.base,
-                hint=f"leave --{name.replace('_', '-')} out",
-            )
-    if config.v_prediction and base.stated_prediction == "epsilon":
-        raise StudioError(
-            "--v-prediction, but the base checkpoint's metadata says it predicts noise (epsilon)",
-            path=config.base,
-            hint="drop --v-prediction, or train on the v-prediction release of the model",
-        )
-    if config.zero_terminal_snr and not config.v_prediction and base.prediction_type != "v_prediction":
-        raise StudioError(
-            "--zero-terminal-snr needs v-prediction (at zero SNR the last step's noise cannot be "
-            "predicted from pure noise)",
-            hint="add --v-prediction, or use a v-prediction base",
-        )
-    if not (config.v_prediction or config.zero_terminal_snr):
-        return base
-    pipeline = base.pipeline
-    pipeline.scheduler = _noise_schedule(config, pipeline.scheduler, sampling=True)
-    return dataclasses.replace(base, prediction_type=pipeline.scheduler.config.prediction_type)
-
-
-def _noise_schedule(config: TrainConfig, scheduler: Any, sampling: bool = False) -> Any:
-    """``scheduler`` with v-prediction and zero-terminal-SNR betas (diffusers'
-    ``rescale_zero_terminal_snr``) as asked; samplers then step from the last timestep ("trailing")."""
-    overrides: dict[str, Any] = {}
-    if config.v_prediction:
-        overrides["prediction_type"] = "v_prediction"
-    if config.zero_terminal_snr:
-        overrides["rescale_betas_zero_snr"] = True
-        if sampling:
-            overrides["timestep_spacing"] = "trailing"
-    return type(scheduler).from_config(scheduler.config, **overrides) if overrides else scheduler
 
 
 def _tracker(config: TrainConfig) -> str | None:
