@@ -210,3 +210,12 @@ def test_models_a_checkpoint_gets_a_config_choice_and_a_download_offline_is_one_
     )
     no_error_status(page)
     field(page, "mix-hub").fill("")
+    page.get_by_role("tab", name="Train").click()  # the Train tab's base picker offers the same choice
+    expect(page.locator("#train-base-config")).to_be_hidden()
+    choose(page, "train-base", "models/v1.safetensors (checkpoint, sd1)")
+    expect(page.locator("#train-base-config")).to_be_visible()
+    choose(page, "train-base-config", "config of Embedded default model")
+    choose(page, "train-base", "Embedded default model")
+    expect(page.locator("#train-base-config")).to_be_hidden()
+    no_error_status(page)
+    page.get_by_role("tab", name="Mix").click()

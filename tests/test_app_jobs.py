@@ -257,3 +257,40 @@ def test_train_again_gives_the_form_the_jobs_settings(ws, db):
     }
     assert config_values(TrainConfig.from_dict(a)) == values["advanced"]
     assert default_model_dir().is_dir()
+
+
+def test_a_single_file_base_trains_with_the_config_chosen_beside_it(ws, db):
+    import torch
+    from safetensors.torch import save_file
+
+    from studio.app.models import config_choices
+    from studio.app.ui.common import config_picker
+
+    manager = FakeSlots(ws, db, poll_seconds=60, slots=["cpu"])  # nothing picks the jobs up in this test
+    manager._closed.set()
+    ctx = AppContext(ws, db, manager, None, UploadLimits())
+    save_file(
+        {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, str(ws.models / "v1.safetensors")
+    )
+    choices, family = config_choices(ws, "models/v1.safetensors")
+    assert family == "sd1" and [value for _, value in choices] == ["", "default"]  # auto, the embedded sd1
+    shown = config_picker(ws, "models/v1.safetensors")
+    assert shown["visible"] and shown["value"] == ""
+    assert not config_picker(ws, "default")["visible"]  # a folder needs no config
+
+    args = (
+        ctx,
+        "shapes",
+        "ink",
+        "Quick demo (embedded model)",
+        "models/v1.safetensors",
+        "",
+        "",
+        {"steps": 2},
+    )
+    chosen = db.job(submit_job(*args, base_config="default")).config_dict
+    assert chosen["base"] == str(ws.models / "v1.safetensors")
+    assert chosen["base_config"] == str(default_model_dir())
+    assert db.job(submit_job(*args)).config_dict["base_config"] is None  # auto: diffusers' own config
+    plain = db.job(submit_job(ctx, "shapes", "ink", "Quick demo (embedded model)", "default", "", "", {}))
+    assert plain.config_dict["base_config"] is None  # a folder base is left alone

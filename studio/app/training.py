@@ -17,7 +17,7 @@ from studio.app import datasets
 from studio.app.context import AppContext
 from studio.app.db import ACTIVE, Database, Job
 from studio.app.messages import shown_paths
-from studio.app.models import resolve_base
+from studio.app.models import config_choices, resolve_base, resolve_config
 from studio.app.progress import job_view
 from studio.config import TrainConfig
 from studio.presets import get_preset
@@ -28,13 +28,16 @@ JOB_HEADERS = ["job", "name", "status", "progress", "gpu", "created", "message"]
 
 
 def submit_job(ctx: AppContext, dataset: str, name: str, preset: str, base: str, hub_id: str,
-               trigger: str, options: dict[str, Any], gpus: int = 1) -> int:  # fmt: skip
-    """Shared by the Start button and the ``/train`` API endpoint; ``gpus``: slots the job trains on."""
+               trigger: str, options: dict[str, Any], gpus: int = 1, base_config: str = "") -> int:  # fmt: skip
+    """Shared by the Start button and the ``/train`` API endpoint; ``gpus``: slots the job trains on;
+    ``base_config``: a config choice (``models.config_choices``) for a single-file ``base``."""
     folder = datasets.dataset_folder(ctx.ws, dataset)
     values = {**dataclasses.asdict(get_preset(preset).apply()), **options}
     values.update(
         data=str(folder), base=resolve_base(ctx.ws, base, hub_id), trigger=(trigger or "").strip() or None
     )
+    if not (hub_id or "").strip() and config_choices(ctx.ws, base)[0]:
+        values["base_config"] = resolve_config(ctx.ws, base_config)
     config = TrainConfig.from_dict(
         {k: v for k, v in values.items() if k not in ("output", "run_dir", "resume")}
     )

@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from studio.app.messages import shown_paths
+from studio.app.models import AUTO_CONFIG, config_choices
 from studio.errors import StudioError
 
 log = logging.getLogger("studio.app")
@@ -70,3 +71,15 @@ def number_or_none(value: float | None) -> float | None:
 
 def int_or_none(value: float | None) -> int | None:
     return None if value in (None, "", 0) else int(value)
+
+
+def config_picker(ws: Any, choice: str | None) -> dict[str, Any]:
+    """The config dropdown beside a base picker: shown, with its family's configs, only while the
+    base is a single-file checkpoint (which needs one to load); hidden at "auto" otherwise."""
+    choices, _ = config_choices(ws, choice)
+    if not choices:
+        return gr.update(visible=False, choices=NO_CONFIG, value=AUTO_CONFIG)
+    return gr.update(visible=True, choices=choices, value=choices[0][1])
+
+
+NO_CONFIG = [("auto", AUTO_CONFIG)]  # the config picker's choices while the base is no single file

@@ -39,7 +39,7 @@ from studio.app.models import (
     resolve_base,
     resolve_config,
 )
-from studio.app.ui.common import GENERATE, guard, int_or_none
+from studio.app.ui.common import GENERATE, NO_CONFIG, config_picker, guard, int_or_none
 from studio.app.ui.forms import Form
 from studio.errors import StudioError
 from studio.generate import SCHEDULERS
@@ -48,7 +48,6 @@ from studio.recipes import GenerationSettings
 
 SLOTS = 8  # slot columns built; at most this many adapters in one blend
 SHOWN = 2  # slots shown when the tab opens
-NO_CONFIG = [("auto", AUTO_CONFIG)]  # the config picker's choices while the base is no single file
 NATIVE = {"object_fit": "scale-down", "allow_preview": True}  # galleries: own size, click to enlarge
 
 
@@ -301,12 +300,7 @@ class MixTab:
     def wire_models(self, fetch: gr.Button) -> None:
         ctx, form = self.ctx, self.form
 
-        @self.ui
-        def show_config(choice):
-            choices, _ = config_choices(ctx.ws, choice)
-            if not choices:  # not a single-file checkpoint
-                return gr.update(visible=False, choices=NO_CONFIG, value=AUTO_CONFIG)
-            return gr.update(visible=True, choices=choices, value=choices[0][1])
+        show_config = self.ui(lambda choice: config_picker(ctx.ws, choice))
 
         @self.ui
         def do_download(hub_id, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio's progress idiom

@@ -20,7 +20,7 @@ from studio.app import datasets
 from studio.app.context import AppContext
 from studio.app.fit import better_base, fit_warning
 from studio.app.messages import shown_paths
-from studio.app.models import DEFAULT, base_choices, base_fields
+from studio.app.models import AUTO_CONFIG, DEFAULT, base_choices, base_fields
 from studio.app.progress import RAW, SMOOTHED, VALIDATION, job_view
 from studio.app.training import (
     DEFAULT_PRESET,
@@ -32,7 +32,7 @@ from studio.app.training import (
     queue_positions,
     submit_job,
 )
-from studio.app.ui.common import LIGHT, guard, int_or_none, number_or_none
+from studio.app.ui.common import LIGHT, NO_CONFIG, config_picker, guard, int_or_none, number_or_none
 from studio.app.ui.forms import Form
 from studio.config import TrainConfig
 from studio.errors import StudioError
@@ -100,7 +100,8 @@ def dataset_choice(ctx: AppContext, data: str) -> str:
 
 
 def again_values(ctx: AppContext, job_id: int) -> dict[str, Any]:
-    """A job's settings as the form's values (``JobWidgets`` names, then ``advanced``)."""
+    """A job's settings as the form's values (``JobWidgets`` names, then ``advanced``); the base's
+    config choice is left to its picker, which picks one again when the base is set."""
     job = ctx.db.job(job_id)
     if not job.config_dict:
         raise StudioError(f"job #{job_id} has no settings to train again with")
@@ -150,6 +151,7 @@ class JobWidgets(Form):
     hub_id: gr.Textbox
     trigger: gr.Textbox
     gpus: gr.Number
+    base_config: gr.Dropdown  # shown for a single-file base only
 
 
 @dataclass
@@ -257,6 +259,10 @@ def build(ctx: AppContext) -> gr.Tab:
                     label="…or a hub id (needs the model in the local cache offline)",
                     placeholder="owner/name", elem_id="train-hub",
                 )  # fmt: skip
+                base_config = gr.Dropdown(
+                    NO_CONFIG, value=AUTO_CONFIG, label="Single-file checkpoint: read it with the config of",
+                    visible=False, elem_id="train-base-config",
+                )  # fmt: skip
                 name = gr.Textbox(label="Adapter name", value="my-style", elem_id="train-name")
                 slots = len(ctx.jobs.slots)
                 gpus = gr.Number(
@@ -284,7 +290,10 @@ def build(ctx: AppContext) -> gr.Tab:
         shown, refresh = _progress_section(ctx)
         resolution = advanced[[spec.name for spec in _ADVANCED].index("resolution")]
         _wire_dataset(ctx, data, buttons, find, replace, resolution, message)
-        form = JobWidgets(data.dataset, name, preset, base, hub_id, data.trigger, gpus)
+        form = JobWidgets(data.dataset, name, preset, base, hub_id, data.trigger, gpus, base_config)
+        base.change(
+            ui(lambda choice: config_picker(ctx.ws, choice)), base, base_config, api_visibility="private"
+        )
         _wire_settings(ctx, form, advanced, preset_info, fit)
         actions = {"start": start, "stop": stop, "resume": resume, "refresh": refresh, "save_now": save_now,
                    "again": again}  # fmt: skip
@@ -416,6 +425,7 @@ def _keep_settings(ctx: AppContext, form: JobWidgets, advanced: list[Any]) -> No
             "dataset": lambda v: v in datasets.list_datasets(ctx.ws), "preset": lambda v: v in PRESETS,
             "base": lambda v: v in [value for _, value in base_choices(ctx.ws)],
             "gpus": lambda v: isinstance(v, (int, float)) and 1 <= v <= len(ctx.jobs.slots),
+            "base_config": lambda v: False,  # it follows the base: picked again when the base is restored
         }  # fmt: skip
         out = {}
         for name, widget in zip(names, widgets):
