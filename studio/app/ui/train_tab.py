@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio.app import datasets
+from studio.app import captions, datasets
 from studio.app.context import AppContext
 from studio.app.fit import better_base, fit_warning
 from studio.app.messages import shown_paths
@@ -138,6 +138,9 @@ class DatasetWidgets(Form):
     gallery: gr.Gallery
     table: gr.Dataframe
     report: gr.Code
+    captioner: gr.Dropdown  # "Caption images": which captioner, overwrite or only missing, trigger first
+    overwrite: gr.Checkbox
+    prefix: gr.Checkbox
 
 
 @dataclass
@@ -200,12 +203,24 @@ def _dataset_column(ctx: AppContext) -> tuple[DatasetWidgets, dict[str, gr.Butto
         )
         replace_btn = gr.Button("Replace", size="sm", elem_id="train-replace-btn")
         save = gr.Button("Save captions", size="sm", variant="secondary", elem_id="train-save")
+    with gr.Row():
+        captioner = gr.Dropdown(
+            captions.CHOICES, value=captions.CHOICES[0], allow_custom_value=True, scale=3,
+            label="Captioner (default: the embedded toyworld one; or a workspace folder / hub id)",
+            elem_id="train-captioner",
+        )  # fmt: skip
+        overwrite = gr.Checkbox(False, label="Overwrite existing captions", elem_id="train-caption-overwrite")
+        prefix = gr.Checkbox(False, label="Write the trigger word first", elem_id="train-caption-prefix")
+        caption = gr.Button("Caption images", size="sm", elem_id="train-caption", scale=1)
     report = gr.Code(
         label="Dataset check", language=None, interactive=False, lines=8, max_lines=24, elem_id="train-report"
     )
     buttons = {"create": create, "sample": sample, "check": check, "prepend": prepend, "replace": replace_btn,
-               "save": save}  # fmt: skip
-    return DatasetWidgets(upload, new_name, dataset, trigger, gallery, table, report), buttons, find, replace
+               "save": save, "caption": caption}  # fmt: skip
+    widgets = DatasetWidgets(
+        upload, new_name, dataset, trigger, gallery, table, report, captioner, overwrite, prefix
+    )
+    return widgets, buttons, find, replace
 
 
 def _progress_section(ctx: AppContext) -> tuple[ProgressWidgets, gr.Button]:
@@ -290,6 +305,7 @@ def build(ctx: AppContext) -> gr.Tab:
         shown, refresh = _progress_section(ctx)
         resolution = advanced[[spec.name for spec in _ADVANCED].index("resolution")]
         _wire_dataset(ctx, data, buttons, find, replace, resolution, message)
+        _wire_captioning(ctx, data, buttons["caption"], resolution, message)
         form = JobWidgets(data.dataset, name, preset, base, hub_id, data.trigger, gpus, base_config)
         base.change(
             ui(lambda choice: config_picker(ctx.ws, choice)), base, base_config, api_visibility="private"
@@ -403,6 +419,31 @@ def _wire_settings(ctx: AppContext, form: JobWidgets, advanced: list[Any], info:
     }
     picked.then(**noted)
     form.base.input(**noted)
+
+
+def _wire_captioning(ctx: AppContext, data: DatasetWidgets, button: gr.Button, resolution: gr.Number,
+                     message: gr.Markdown) -> None:  # fmt: skip
+    """ "Caption images": the dataset's images captioned in place, with progress; the table reloads."""
+
+    @guard(ctx.ws.root)
+    def caption_images(choice, captioner, overwrite, prefix, trigger_word, size, progress=gr.Progress()):  # noqa: B008 - Gradio's progress idiom
+        folder = datasets.dataset_folder(ctx.ws, choice)
+        word = (trigger_word or "").strip()
+        if prefix and not word:
+            raise StudioError(
+                "type the trigger word to write first, or untick 'Write the trigger word first'"
+            )
+        progress(0, desc="Loading the captioner")
+        _, line = captions.caption_dataset(
+            ctx.ws, folder, captioner, overwrite=bool(overwrite), prefix=word if prefix else None,
+            on_progress=lambda done, total: progress(done / max(total, 1), desc=f"Captioning {done}/{total}"),
+        )  # fmt: skip
+        view = datasets.dataset_view(ctx.ws, choice, word or None, int(size or 512))
+        return {data.gallery: view.thumbnails, data.table: view.rows, data.report: view.report, message: line}
+
+    inputs = [data.dataset, data.captioner, data.overwrite, data.prefix, data.trigger, resolution]
+    outputs = [data.gallery, data.table, data.report, message]
+    button.click(caption_images, inputs, outputs, api_visibility="private")
 
 
 def _keep_settings(ctx: AppContext, form: JobWidgets, advanced: list[Any]) -> None:
