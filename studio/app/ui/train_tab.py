@@ -54,9 +54,10 @@ def _widget(spec: Spec, value: Any) -> Any:
     if spec.kind is list:
         return gr.Textbox(value=value, label=o.label, lines=2)
     whole = spec.kind is int
-    return gr.Number(
-        value=value, label=o.label, precision=0 if whole else None, minimum=o.minimum, maximum=o.maximum
-    )
+    # An optional number left empty reaches the server as 0, which means "not set" (``_from_widget``),
+    # so its bounds are checked by ``TrainConfig.validate``, not by the widget (which would refuse 0).
+    low, high = (None, None) if spec.optional else (o.minimum, o.maximum)
+    return gr.Number(value=value, label=o.label, precision=0 if whole else None, minimum=low, maximum=high)
 
 
 def preset_values(name: str) -> list[Any]:
