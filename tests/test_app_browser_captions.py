@@ -62,7 +62,9 @@ def test_uncaptioned_upload_is_captioned_edited_and_trained_on(app, page, tmp_pa
     expect(page.locator("#train-upload")).not_to_contain_text("Uploading")
     field(page, "train-dataset-name").fill("renders")
     page.locator("#train-create").click()
-    expect(page.locator("#train-message")).to_contain_text("Created dataset renders with 4 files")
+    expect(page.locator("#train-message")).to_contain_text(
+        "Created dataset renders with 4 files", timeout=SLOW
+    )
     folder = ws / "datasets" / "renders"
     assert not list(folder.glob("*.txt"))
 
@@ -95,7 +97,7 @@ def test_uncaptioned_upload_is_captioned_edited_and_trained_on(app, page, tmp_pa
     editor.fill("inkstyle, a hand-written caption")
     editor.press("Enter")
     page.locator("#train-save").click()
-    expect(page.locator("#train-message")).to_contain_text("Saved 1 caption file(s)")
+    expect(page.locator("#train-message")).to_contain_text("Saved 1 caption file(s)", timeout=SLOW)
     page.locator("#train-caption").click()
     expect(page.locator("#train-message")).to_contain_text(
         "captioned 0 image(s)", ignore_case=True, timeout=SLOW
@@ -111,7 +113,7 @@ def test_uncaptioned_upload_is_captioned_edited_and_trained_on(app, page, tmp_pa
         field(page, elem_id).blur()
     field(page, "train-name").fill("captioned")
     page.locator("#train-start").click()
-    expect(page.locator("#train-message")).to_contain_text("Queued job #1")
+    expect(page.locator("#train-message")).to_contain_text("Queued job #1", timeout=SLOW)
     ended = ":is([data-status=finished], [data-status=failed], [data-status=interrupted])"
     wait_or_fail(page, page.locator(f"#train-progress .studio-progress{ended}"))
     expect(page.locator("#train-progress .studio-progress")).to_have_attribute("data-status", "finished")
