@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_app_support import CHROMIUM, CHROMIUM_ARGS, AppProcess
+from test_app_support import CHROMIUM, AppProcess, train_tab_page
 
 from studio.app.workspace import Workspace
 from trainers.toyworld import render_scene, scene_at
@@ -35,14 +35,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(60_000)
-        page.goto(app.url)
-        page.wait_for_selector("#tab-train", state="attached")
+    with train_tab_page(app.url) as page:
         yield page
-        browser.close()
 
 
 def no_error_status(page) -> None:

@@ -17,7 +17,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_app_support import CHROMIUM, CHROMIUM_ARGS, AppProcess, wait_for
+from test_app_support import CHROMIUM, AppProcess, train_tab_page, wait_for
 
 from studio.app.db import Database
 from studio.app.workspace import Workspace
@@ -56,14 +56,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(60_000)
-        page.goto(app.url)
-        page.wait_for_selector("#tab-train", state="attached")
+    with train_tab_page(app.url) as page:
         yield page
-        browser.close()
 
 
 @pytest.fixture(scope="module")

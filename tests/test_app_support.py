@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,21 @@ TINY_TRAINING = {
     "steps": 3, "resolution": 64, "batch_size": 2, "sample_every": 3, "sample_steps": 2,
     "sample_prompts": ["inkstyle"], "checkpoint_every": 0,
 }  # fmt: skip
+
+
+@contextmanager
+def train_tab_page(url: str) -> Iterator[Any]:
+    """Debian's Chromium on ``url`` (Playwright), the Train tab rendered; closed afterwards."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.wait_for_selector("#tab-train", state="attached")
+        yield page
+        browser.close()
 
 
 def free_port() -> int:
