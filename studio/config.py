@@ -285,6 +285,12 @@ class TrainConfig:
     fused_optimizer: bool = option(True, "plain AdamW instead of the fused kernel")
     overlap_steps: bool = option(True, "read every loss before starting the next step", flag="--no-overlap")
     low_memory: bool = option(False, "checkpointing, cached text, 8-bit Adam, VAE/TE off the GPU")
+    fp8_base: bool = option(
+        False,
+        "store the frozen denoiser's weights in fp8, computed in the training precision (half a bf16 base's memory)",
+        show=CLI | ADVANCED,
+        label="fp8 base (less memory)",
+    )
 
     # Side outputs.
     sample_every: int = option(

@@ -72,6 +72,7 @@ class TrainingInfo:
     grad_accum: int = 1
     world_size: int = 1
     gradient_checkpointing: bool = False
+    fp8_base: bool = False
     max_grad_norm: float | None = None
     mixed_precision: str = "no"
     noise_offset: float | None = None
@@ -223,6 +224,7 @@ def kohya_metadata(info: TrainingInfo) -> dict[str, str]:
         "ss_total_batch_size": info.batch_size * info.grad_accum * info.world_size,
         "ss_gradient_accumulation_steps": info.grad_accum,
         "ss_gradient_checkpointing": info.gradient_checkpointing,
+        "ss_fp8_base": info.fp8_base,
         "ss_max_grad_norm": info.max_grad_norm,
         "ss_mixed_precision": info.mixed_precision,
         "ss_full_fp16": False,

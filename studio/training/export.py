@@ -121,6 +121,7 @@ def training_info(
         grad_accum=config.gradient_accumulation,
         world_size=world_size,
         gradient_checkpointing=config.gradient_checkpointing,
+        fp8_base=config.fp8_base,
         max_grad_norm=config.max_grad_norm,
         mixed_precision=config.mixed_precision,
         noise_offset=config.noise_offset or None,

@@ -43,6 +43,7 @@ from studio.training.checkpoint import (
 from studio.training.data_parallel import broadcast_parameters
 from studio.training.encoding import ContentCache, encode_latents
 from studio.training.export import export_adapter
+from studio.training.fp8 import store_in_fp8
 from studio.training.loss import latent_mask
 from studio.training.metrics import trim_metrics
 from studio.training.optim import build_lr_scheduler, build_optimizer, check_optimizer_package, optimizer_mode
@@ -357,6 +358,8 @@ def _attach_adapter(
 ) -> dict[str, torch.nn.Module]:
     """LoRA on the base: frozen base in the compute dtype (VAE in fp32), LoRA parameters in fp32."""
     family, components = base.family, base.components
+    if config.fp8_base:  # before LoRA, so only the base layers are stored in fp8
+        store_in_fp8(components[family.denoiser], weight_dtype)
     inject_lora(
         components, family, config.rank, config.effective_alpha, config.layers, config.train_text_encoder
     )
@@ -367,7 +370,7 @@ def _attach_adapter(
     for name in ("vae", family.denoiser, *te_names, *family.frozen_encoders):
         dtype = torch.float32 if name == "vae" else weight_dtype
         components[name].to(device)
-        if components[name].dtype != dtype:
+        if components[name].dtype != dtype and not (name == family.denoiser and config.fp8_base):
             components[name].to(dtype=dtype)
     cast_training_params(list(trainable.values()), dtype=torch.float32)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
