@@ -13,4 +13,4 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/env
 python3 -c "import torch, transformers, diffusers, peft; print('torch', torch.__version__, 'transformers',
   transformers.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__)" | tee -a "$out/env.txt"
 timeout "${2:-500}" python3 -m pytest -q -p no:cacheprovider -m gpu --durations=5 \
-  tests/test_mixer_engine.py tests/test_train_speed.py tests/test_generate_compile.py 2>&1 | tee "$out/gpu_tests.log" | tail -12
+  tests/test_mixer_engine.py tests/test_train_speed.py tests/test_train_fp8.py tests/test_generate_compile.py 2>  tests/test_mixer_engine.py tests/test_train_speed.py tests/test_generate_compile.py 2>&11 | tee "$out/gpu_tests.log" | tail -12

@@ -89,3 +89,23 @@ def test_fp8_base_moves_the_loss_away_from_the_full_precision_base(dataset, tmp_
     assert plain.losses[0] != fp8.losses[0]
     # fp8 rounding moves the first loss by ~6% on the embedded model, 20x the tolerance above.
     assert 1e-3 < abs(plain.losses[0] - fp8.losses[0]) < 0.15 * plain.losses[0]
+
+
+@pytest.mark.gpu
+def test_low_memory_brings_the_denoiser_to_the_gpu_only_after_caching(dataset, tmp_path, monkeypatch):
+    """The frozen text encoders and the denoiser never share the GPU (Flux: T5-XXL 9.5 GB beside a
+    12 GB fp8 transformer would not fit in 20 GB): text is encoded while the UNet waits on the CPU."""
+    base = load_base("default")
+    unet, encode = base.components["unet"], base.family.encode_text
+    seen = []
+
+    def encode_and_look(components, captions, device):
+        seen.append((unet.device.type, components["text_encoder"].device.type))
+        return encode(components, captions, device)
+
+    monkeypatch.setattr(base.family, "encode_text", encode_and_look)
+    run = setup_run(
+        _config(dataset, tmp_path, low_memory=True, fp8_base=True, mixed_precision="bf16"), base=base
+    )
+    assert seen and set(seen) == {("cpu", "cuda")}
+    assert unet.device.type == "cuda" and run.components["text_encoder"].device.type == "cpu"

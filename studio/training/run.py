@@ -267,6 +267,10 @@ def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
         accelerator.mixed_precision, torch.float32
     )
     base = base_as_trained(config, base or load_base(config.base, config=config.base_config))
+    if accelerator.device.type == "cuda" and base.family.denoiser == "transformer":
+        # cuDNN's fused attention fails its backward on the flow transformers' shapes (torch 2.11,
+        # H200: "mha_graph.execute(...).is_good()"); the flash and memory-efficient kernels train them.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     resolution = config.resolution or base.family.default_resolution
     data_config, dataset = _scan(config, resolution, accelerator)
     dataset, held_out = _held_out(config, data_config, dataset)
@@ -277,6 +281,15 @@ def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
     )
     run.samples = expand_samples(dataset.items)
     run.validation_items = held_out
+    run.noise_scheduler = noise_schedule(config, run.family.training_scheduler(base.pipeline))
+    _caches(run)
+    if held_out:
+        from studio.training.validation import prepare_validation
+
+        run.validation = prepare_validation(
+            held_out, run.components, run.noise_scheduler, config.seed, run.device
+        )
+    _park(run)
     _schedule(run)
     _optimizer(run)
     run.generator.manual_seed(config.seed)
@@ -288,15 +301,6 @@ def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
         accelerator.init_trackers("studio", config=scalars, init_kwargs={"wandb": {"dir": str(run.run_dir)}})
     if config.resume:
         _resume(run)
-    run.noise_scheduler = noise_schedule(config, run.family.training_scheduler(base.pipeline))
-    _caches(run)
-    if held_out:
-        from studio.training.validation import prepare_validation
-
-        run.validation = prepare_validation(
-            held_out, run.components, run.noise_scheduler, config.seed, run.device
-        )
-    _park(run)
     return run
 
 
@@ -369,7 +373,8 @@ def _attach_adapter(
         trainable.update({name: components[name] for name in te_names})
     for name in ("vae", family.denoiser, *te_names, *family.frozen_encoders):
         dtype = torch.float32 if name == "vae" else weight_dtype
-        components[name].to(device)
+        if not (name == family.denoiser and config.low_memory):  # low memory: it comes after caching
+            components[name].to(device)
         if components[name].dtype != dtype and not (name == family.denoiser and config.fp8_base):
             components[name].to(dtype=dtype)
     cast_training_params(list(trainable.values()), dtype=torch.float32)
@@ -462,7 +467,8 @@ def _caches(run: TrainRun) -> None:
 
 def _park(run: TrainRun) -> None:
     """Low memory: once everything they produce is cached, the VAE and frozen text encoders wait
-    on the CPU (previews bring them back for a moment)."""
+    on the CPU (previews bring them back for a moment), and only then does the denoiser come to
+    the device, so a Flux transformer and T5-XXL (9.5 GB) never share it."""
     config = run.config
     if config.low_memory and not config.random_crop:
         run.parked.append("vae")
@@ -474,3 +480,4 @@ def _park(run: TrainRun) -> None:
         run.components[name].to("cpu")
     if run.parked and run.device.type == "cuda":
         torch.cuda.empty_cache()
+    run.components[run.family.denoiser].to(run.device)
