@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from test_adapters_support import tiny
 
 from studio.adapters import load_adapter
-from studio.adapters.layers import DoraDelta, LohaDelta, LoraDelta
+from studio.adapters.layers import DoraDelta, FullDelta, LohaDelta, LoraDelta, delta_on
 from studio.errors import StudioError
 from studio.formats.inspect import inspect_file
 from studio.formats.kohya_names import kohya_module_index
@@ -385,3 +385,43 @@ def test_bad_dora_files_are_one_clear_line(tmp_path, pipe, peft_unet):
         with pytest.raises(StudioError, match=message) as info:
             load_adapter(path, pipe.components, SD1)
         assert info.value.path is not None and "\n" not in info.value.message, case
+
+
+def test_dora_over_a_full_diff_and_a_zero_row():
+    """DoraDelta alone, against the formula: a full ``diff`` inside, and a row that W0 + ΔW zeroes
+    (its direction is undefined: it stays zero, not NaN)."""
+    generator = torch.Generator().manual_seed(2)
+    w0 = torch.randn(6, 5, generator=generator)
+    diff = torch.randn(6, 5, generator=generator)
+    diff[2] = -w0[2]
+    magnitude = 0.5 + torch.rand(6, 1, generator=generator)
+    layer = DoraDelta(inner=FullDelta(diff=diff), magnitude=magnitude, peft=False)
+    assert layer.kind == "dora-full" and layer.shape_error((6, 5)) is None
+    patched = w0 + delta_on(layer, w0)
+    merged = w0 + diff
+    for row in (0, 1, 3, 4, 5):
+        expected = merged[row] / merged[row].pow(2).sum().sqrt() * magnitude[row]
+        torch.testing.assert_close(patched[row], expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(patched[2], torch.zeros(5))
+
+
+def test_cli_merge_of_dora_says_why_in_one_line(tmp_path, capsys):
+    """``studio merge`` without --base has only full-size shapes: DoRA needs the weights."""
+    from studio.cli import main
+    from studio.models.configs import build_meta_components
+
+    generator = torch.Generator().manual_seed(4)
+    tensors = {}
+    for name, ref in kohya_module_index(build_meta_components("sd15"), SD1).items():
+        if name.startswith("lora_unet_") and name.endswith("attn2_to_k"):
+            out_features, in_features = ref.module.weight.shape
+            tensors[f"{name}.lora_down.weight"] = torch.randn(4, in_features, generator=generator)
+            tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, 4, generator=generator)
+            tensors[f"{name}.dora_scale"] = torch.rand(out_features, 1, generator=generator)
+    path = tmp_path / "dora.safetensors"
+    save_file(tensors, str(path), metadata={"ss_base_model_version": "sd_v1"})
+    for extra, message in (([], "no exact bake"), (["--rank", "4"], "depends on the base model's weights")):
+        assert main(["merge", str(path), "--out", str(tmp_path / "out.safetensors"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out.safetensors").exists()
