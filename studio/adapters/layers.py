@@ -259,7 +259,8 @@ class DoraDelta:
             return error
         if len(weight_shape) < 2 or self._axis(weight_shape) is None:
             name = "lora_magnitude_vector" if self.peft else "dora_scale"
-            return f"has a {name} of shape {list(self.magnitude.shape)}, which fits no axis of a {list(weight_shape)} weight"
+            shape = list(self.magnitude.shape)
+            return f"has a {name} of shape {shape}, which fits no axis of a {list(weight_shape)} weight"
         return None
 
     def delta(self, weight_shape: Shape, device=None, base: Tensor | None = None) -> Tensor:

@@ -69,7 +69,7 @@ def _exact_factors(key: LayerKey, terms: Terms, weight_shape: tuple[int, ...]) -
         if isinstance(layer, DoraDelta):
             raise StudioError(
                 f"adapter {adapter.name!r} is DoRA ({key[0]}:{key[1]}), which has no exact bake: its update "
-                "rescales every row of the base weight, so it is not a low-rank product",
+                "rescales the base weight's rows (or columns), so it is not a low-rank product",
                 path=adapter.path,
                 hint="bake with a target rank (svd) instead",
             )

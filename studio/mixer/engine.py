@@ -136,14 +136,15 @@ class BlendEngine:
         original = self._originals.get(key)
         return self._weight(key).detach() if original is None else original
 
-    def _unit_delta(self, adapter: Adapter, key: LayerKey, weight: Tensor, original: Tensor) -> Tensor:
+    def _unit_delta(self, adapter: Adapter, key: LayerKey, weight: Tensor, base: Tensor) -> Tensor:
+        """ΔW of ``adapter`` at weight 1 on this layer; ``base`` is the unpatched weight on its device."""
         cached = self._cache.get((adapter, key))
         if cached is not None:
             return cached
         layer = self._factors.get((adapter, key))
         if layer is None:
             layer = _factors_to(adapter.layers[key], weight.device)
-        delta = delta_on(layer, original, weight.device)
+        delta = delta_on(layer, base, weight.device)
         if self._cache_budget is None:
             self._cache_budget = default_cache_budget(weight.device)
         size = _nbytes(delta)
@@ -192,12 +193,13 @@ class BlendEngine:
             weight.copy_(original, non_blocking=True)
             self._drop_original(key)
             return
+        base = original.to(weight.device, non_blocking=True)  # also what DoRA's norm is taken on
         (first, first_coefficient), *rest = terms
-        delta = self._unit_delta(first, key, weight, original) * first_coefficient
+        delta = self._unit_delta(first, key, weight, base) * first_coefficient
         for adapter, coefficient in rest:
-            delta.add_(self._unit_delta(adapter, key, weight, original), alpha=coefficient)
+            delta.add_(self._unit_delta(adapter, key, weight, base), alpha=coefficient)
         # fp16/bf16 + fp32 is computed in fp32 (the original upcast exactly); copy_ casts back once.
-        weight.copy_(original.to(weight.device, non_blocking=True) + delta)
+        weight.copy_(base + delta)
 
     def set_blend(self, items: Sequence[BlendItem]) -> PatchStats:
         """Make the weights equal base + this blend, rewriting only the layers that change."""
