@@ -425,3 +425,56 @@ def test_cli_merge_of_dora_says_why_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_text_encoder_dora_is_peft_merged_and_runtime(tmp_path, pipe, engine):
+    """The same on the text encoder: a peft DoRA file for its q_proj and fc1, at weight 1."""
+    targets = ["encoder.layers.0.self_attn.q_proj", "encoder.layers.1.mlp.fc1"]
+    encoder = copy.deepcopy(pipe.text_encoder)
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets, use_dora=True)
+    inject_adapter_in_model(config, encoder, adapter_name="te")
+    generator = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for module in _lora_layers(encoder).values():
+            for factor in (module.lora_A["te"].weight, module.lora_B["te"].weight):
+                factor.copy_(torch.randn(factor.shape, generator=generator) * 0.3)
+            module.lora_magnitude_vector["te"].weight.mul_(1.5)
+    encoder.eval()
+    state = get_peft_model_state_dict(encoder, adapter_name="te")
+    header = {"text_encoder.r": RANK, "text_encoder.lora_alpha": ALPHA, "text_encoder.use_dora": True}
+    path = tmp_path / "te.safetensors"
+    save_file(
+        {f"text_encoder.{k}": v.contiguous() for k, v in state.items()},
+        str(path),
+        metadata={"lora_adapter_metadata": json.dumps(header)},
+    )
+    adapter = load_adapter(path, pipe.components, SD1, strict=True)
+    assert set(adapter.layers) == {("text_encoder", t) for t in targets}
+    engine.set_blend([BlendItem(adapter)])
+    ids = torch.randint(0, 100, (2, 12), generator=generator)
+    with torch.no_grad():
+        expected = encoder(ids).last_hidden_state
+        torch.testing.assert_close(pipe.text_encoder(ids).last_hidden_state, expected, rtol=1e-4, atol=1e-5)
+    merged = copy.deepcopy(encoder)
+    for layer_path, module in _lora_layers(merged).items():
+        module.merge()
+        weight = pipe.text_encoder.get_submodule(layer_path).weight
+        torch.testing.assert_close(weight, module.get_base_layer().weight, rtol=1e-5, atol=1e-6)
+
+
+def test_fp16_base_gets_dora_in_fp32_and_is_restored_bit_exactly(tmp_path, peft_unet):
+    """fp16 weights: Dᵢ is taken on the fp16 original upcast, added in fp32, cast once."""
+    half = tiny("sd1")
+    adapter = load_adapter(write_peft(tmp_path / "a.safetensors", peft_unet, "a"), half.components, SD1)
+    half.unet.half()
+    weight = half.unet.get_submodule(CONV).weight
+    original = weight.detach().clone()
+    engine = BlendEngine(half.components)
+    engine.set_blend([BlendItem(adapter, AdapterWeights(weight=0.37))])
+    expected = (original.float() + 0.37 * delta_on(adapter.layers[("unet", CONV)], original)).half()
+    assert weight.dtype is torch.float16 and torch.equal(weight.detach(), expected)
+    engine.set_blend([BlendItem(adapter, AdapterWeights(weight=-0.61))])
+    engine.set_blend([BlendItem(adapter, AdapterWeights(weight=0.37))])
+    assert torch.equal(weight.detach(), expected)
+    engine.restore()
+    assert torch.equal(weight.detach(), original)
