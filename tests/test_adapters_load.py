@@ -210,7 +210,6 @@ def test_shape_mismatch_names_the_module(tmp_path, sd1):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"dora_scale": torch.randn(1, 32)}, "DoRA"),
         ({"on_input": torch.tensor(1.0)}, "IA3"),
         ({"lora_foo.weight": torch.randn(2)}, "unrecognised tensor"),
     ],
@@ -222,14 +221,6 @@ def test_unsupported_kinds_are_refused(tmp_path, sd1, extra, message):
     save_file(tensors, str(tmp_path / "x.safetensors"))
     with pytest.raises(StudioError, match=message):
         load_adapter(tmp_path / "x.safetensors", sd1.components, SD1)
-
-
-def test_peft_dora_config_is_refused(tmp_path, sd1):
-    tensors = {"unet.down_blocks.1.attentions.0.proj_in.lora_A.weight": torch.randn(4, 64)}
-    metadata = {"lora_adapter_metadata": json.dumps({"unet.use_dora": True, "unet.lora_alpha": 4})}
-    save_file(tensors, str(tmp_path / "dora.safetensors"), metadata=metadata)
-    with pytest.raises(StudioError, match="DoRA"):
-        load_adapter(tmp_path / "dora.safetensors", sd1.components, SD1)
 
 
 def test_pickles_corrupt_and_empty_files_are_refused(tmp_path, sd1):

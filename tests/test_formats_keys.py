@@ -24,6 +24,7 @@ from studio.errors import StudioError
 from studio.formats.inspect import inspect_file
 from studio.formats.keys import (
     DIFFUSERS,
+    DORA_ROLES,
     KOHYA,
     KOHYA_ROLES,
     PEFT,
@@ -43,7 +44,7 @@ BLOCK = "down_blocks.1.attentions.0.transformer_blocks.0"
 TO_K = f"{BLOCK}.attn2.to_k"  # [64, 32] in the tiny SD 1.x UNet
 TO_K_KOHYA = "lora_unet_" + TO_K.replace(".", "_")
 Q_PROJ = "text_model.encoder.layers.0.self_attn.q_proj"  # [32, 32]
-ROLES = {*KOHYA_ROLES.values(), *UNSUPPORTED_ROLES}  # every role a key can have
+ROLES = {*KOHYA_ROLES.values(), *DORA_ROLES, *UNSUPPORTED_ROLES}  # every role a key can have
 
 PARSED = [
     # kohya / LyCORIS

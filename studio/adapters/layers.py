@@ -6,6 +6,10 @@ Every kind (LoRA/LoCon, LoHa, LoKr, full diff) answers the same two questions:
 kind never touches the blending or patching code. Formulas follow LyCORIS
 (``lycoris/functional``) and kohya sd-scripts (``networks/lora.py``).
 
+DoRA (``DoraDelta``) wraps any of them and is the one kind whose ΔW depends on the base
+weight W0 (a norm of W0 + ΔW), so callers go through ``delta_on(layer, base)``, which hands
+W0 to it and to no other kind. How several DoRA adapters add up: ``docs/dora.md``.
+
 The classes are ``*Delta``, not ``*Layer``: peft's ``LoraLayer`` is an ``nn.Module`` that
 wraps a base layer, which these plain tensor recipes are not.
 """
@@ -211,3 +215,73 @@ class FullDelta:
 
     def delta(self, weight_shape: Shape, device=None) -> Tensor:
         return _f32(self.diff, device).reshape(weight_shape)
+
+
+@dataclass(frozen=True)
+class DoraDelta:
+    """DoRA over any ΔW kind: ``W' = m ⊙ (W0 + ΔW) / ‖W0 + ΔW‖``, so its update is ``W' − W0``.
+
+    The norm is taken per output row (over every other dim) or per input column:
+    peft's ``lora_magnitude_vector`` is always per output row (``[out]`` on a Linear,
+    ``[1, out, 1, 1]`` on a conv: ``peft/tuners/lora/dora.py``); LyCORIS' ``dora_scale`` is
+    ``[out, 1, ...]`` per output row (``wd_on_out``, its newer default) or ``[1, in, ...]``
+    per input column (its older default, the DoRA paper's column norm). Which one a
+    ``dora_scale`` is follows its shape, as ComfyUI decides it.
+    """
+
+    inner: AdapterDelta
+    magnitude: Tensor
+    peft: bool  # the magnitude came as peft's lora_magnitude_vector (always per output row)
+
+    @property
+    def kind(self) -> str:
+        return "dora" if self.inner.kind == "lora" else f"dora-{self.inner.kind}"
+
+    @property
+    def rank(self) -> int | None:
+        return self.inner.rank
+
+    def _axis(self, weight_shape: Shape) -> int | None:
+        """0: one magnitude per output row, 1: per input column, None: it fits neither."""
+        shape, numel = tuple(self.magnitude.shape), self.magnitude.numel()
+        out, inp = weight_shape[0], weight_shape[1]
+        leading_one = len(shape) >= 2 and shape[0] == 1
+        if self.peft:  # [out] (Linear) or [1, out, 1, ...] (conv)
+            return 0 if numel == out and (shape == (out,) or (leading_one and shape[1] == out)) else None
+        if numel == out and shape[0] == out:
+            return 0
+        if numel == inp and leading_one and shape[1] == inp:
+            return 1
+        return None
+
+    def shape_error(self, weight_shape: Shape) -> str | None:
+        if error := self.inner.shape_error(weight_shape):
+            return error
+        if len(weight_shape) < 2 or self._axis(weight_shape) is None:
+            name = "lora_magnitude_vector" if self.peft else "dora_scale"
+            shape = list(self.magnitude.shape)
+            return f"has a {name} of shape {shape}, which fits no axis of a {list(weight_shape)} weight"
+        return None
+
+    def delta(self, weight_shape: Shape, device=None, base: Tensor | None = None) -> Tensor:
+        if base is None:
+            raise ValueError("a DoRA update depends on the base weight: use delta_on(layer, base)")
+        w0 = _f32(base, device).reshape(weight_shape)
+        merged = w0 + self.inner.delta(weight_shape, device)
+        axis = self._axis(weight_shape)
+        norm = torch.linalg.vector_norm(
+            merged, dim=tuple(d for d in range(merged.dim()) if d != axis), keepdim=True
+        )
+        magnitude = _f32(self.magnitude, device).reshape(norm.shape)
+        # A row that is zero in W0 + ΔW stays zero (its direction is undefined), rather than NaN.
+        return merged * (magnitude / norm.clamp_min(torch.finfo(torch.float32).tiny)) - w0
+
+
+def delta_on(layer: AdapterDelta, base: Tensor, device: torch.device | str | None = None) -> Tensor:
+    """ΔW at weight 1 of ``layer`` on a layer whose unpatched weight is ``base``.
+
+    Only DoRA reads ``base``; every other kind's ΔW is the same on any base.
+    """
+    if isinstance(layer, DoraDelta):
+        return layer.delta(tuple(base.shape), device, base=base)
+    return layer.delta(tuple(base.shape), device)

@@ -2,8 +2,10 @@
 
 Nothing is dropped silently: modules that match no base layer are listed in the report
 and raised as an ``AdapterWarning`` (``strict=True`` makes them an error); tensors of
-adapter kinds we cannot apply faithfully (DoRA, IA3, OFT, bias updates ...) refuse the
+adapter kinds we cannot apply faithfully (IA3, OFT, bias updates ...) refuse the
 whole file, because half-applying them would not give the picture other tools give.
+A DoRA magnitude (``dora_scale``, ``lora_magnitude_vector``) wraps its module's ΔW recipe
+in a ``DoraDelta``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ from torch import Tensor
 from studio.adapters.adapter import Adapter, LayerKey, LoadReport
 from studio.adapters.family import FAMILY_NAMES, declared_family, family_from_shapes
 from studio.adapters.info import AdapterWarning, adapter_info, read_sidecar
-from studio.adapters.layers import AdapterDelta, FullDelta, LohaDelta, LokrDelta, LoraDelta, rebuild_tucker
+from studio.adapters.layers import (
+    AdapterDelta,
+    DoraDelta,
+    FullDelta,
+    LohaDelta,
+    LokrDelta,
+    LoraDelta,
+    rebuild_tucker,
+)
 from studio.adapters.resolve import ModuleResolver
 from studio.errors import StudioError
-from studio.formats.keys import UNSUPPORTED_ROLES, TensorKey, is_kohya_key, parse_key
+from studio.formats.keys import DORA_ROLES, UNSUPPORTED_ROLES, TensorKey, is_kohya_key, parse_key
 from studio.formats.safetensors_io import load_tensors
 from studio.models.family import ModelFamily
 
@@ -47,7 +57,8 @@ class _PeftAlphas:
 
     They come from the ``lora_adapter_metadata`` header (keys ``<component>.lora_alpha``
     for pipeline saves, bare ``lora_alpha`` for model saves) or a peft ``adapter_config.json``
-    beside the file. Without any, alpha = rank (scale 1), as diffusers assumes.
+    beside the file. Without any, alpha = rank (scale 1), as diffusers assumes. A config
+    with ``use_dora`` says every module of it has a ``lora_magnitude_vector``.
     """
 
     def __init__(self, path: Path, metadata: dict[str, str], formats: set[str]):
@@ -70,12 +81,10 @@ class _PeftAlphas:
                 self.configs[None] = json.loads(sidecar.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise StudioError(f"unreadable peft config ({exc})", path=sidecar) from None
-        for config in self.configs.values():
-            if config.get("use_dora"):
-                raise StudioError(
-                    "DoRA adapters (use_dora) are not supported: their weight-norm rescaling is not implemented",
-                    path=path,
-                )
+
+    def uses_dora(self, component: str) -> bool:
+        config = self.configs.get(component) or self.configs.get(None) or {}
+        return bool(config.get("use_dora"))
 
     def scale(self, component: str, path: str, rank: int) -> float:
         config = self.configs.get(component) or self.configs.get(None)
@@ -154,6 +163,15 @@ def _lokr_factor(module: str, roles: Roles, which: str) -> tuple[Tensor, int | N
 
 def _build_layer(module: str, roles: Roles, peft_scale) -> AdapterDelta:
     """One module's tensors -> its ΔW recipe; ``peft_scale(rank)`` covers files without alpha tensors."""
+    magnitudes = [role for role in DORA_ROLES if role in roles]
+    if len(magnitudes) > 1:
+        raise StudioError(f"module {module!r} has both DoRA magnitudes {magnitudes}")
+    if magnitudes:
+        role = magnitudes[0]
+        if not set(roles) - {role, "alpha"}:
+            raise StudioError(f"module {module!r} has a DoRA magnitude ({role}) but no update to decompose")
+        inner = _build_layer(module, {k: v for k, v in roles.items() if k != role}, peft_scale)
+        return DoraDelta(inner=inner, magnitude=roles[role][1], peft=role == "lora_magnitude_vector")
     alpha = _alpha(module, roles)
     kinds = {_KIND_OF_ROLE.get(role, role.split("_")[0]) for role in roles if role != "alpha"}
     if len(kinds) != 1:
@@ -219,6 +237,12 @@ def _resolve(
             raise StudioError(exc.message, path=path) from None
         if error := layer.shape_error(tuple(ref.module.weight.shape)):
             raise _shape_mismatch(module, roles, error, tensors, family, path)
+        if alphas.uses_dora(ref.component) and not isinstance(layer, DoraDelta):
+            raise StudioError(
+                f"the peft config says use_dora, but module {module!r} has no lora_magnitude_vector",
+                path=path,
+                hint="the file is incomplete: re-save the adapter with peft's save_pretrained",
+            )
         key = (ref.component, ref.path)
         if key in layers:
             raise StudioError(f"two modules of the file target the same layer {key[0]}:{key[1]}", path=path)

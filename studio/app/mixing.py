@@ -226,7 +226,14 @@ class MixService:
         with self.lock:
             session = self.blend(base, slots)
             target = self.ws.unique(self.ws.adapters, stem, ".safetensors")
-            report = bake_blend(session.items, session.pipeline.components, session.family, target, rank=rank)
+            report = bake_blend(
+                session.items,
+                session.pipeline.components,
+                session.family,
+                target,
+                rank=rank,
+                originals=session.engine.original_weight,  # the session's weights hold the blend
+            )
         library.register_file(self.ws, self.db, target, "baked")
         return target, report
 

@@ -6,7 +6,7 @@ first dot (``lora_down.weight``, ``alpha``, ``hada_w1_a``, ``lokr_w2_b``, ``diff
 
 diffusers / peft: ``[unet.|text_encoder.|text_encoder_2.|base_model.model.]<module path>``
 followed by one of the suffixes below (``lora_A.weight``, the older ``lora.down.weight`` and
-``lora_linear_layer.down.weight``, ``lora_magnitude_vector``, ``alpha`` ...). The old
+``lora_linear_layer.down.weight``, DoRA's ``lora_magnitude_vector``, ``alpha`` ...). The old
 attention-processor form (``attn1.processor.to_q_lora.down.weight``) names the module
 ``attn1.to_q``: the one place the module is not kept as written.
 
@@ -54,13 +54,14 @@ KOHYA_ROLES = {
     "lokr_w2_b": "lokr_w2_b",
     "lokr_t2": "lokr_t2",
     "diff": "diff",
+    "dora_scale": "dora_scale",  # LyCORIS DoRA magnitude, beside any of the kinds above
 }
+# DoRA magnitudes: LyCORIS' ``dora_scale`` and peft's ``lora_magnitude_vector`` (diffusers / peft names).
+DORA_ROLES = ("dora_scale", "lora_magnitude_vector")
 _KOHYA_SUFFIX = {role: suffix for suffix, role in KOHYA_ROLES.items()}
 
 # Roles of adapter kinds we recognise but do not apply, and why. Each is its own role name.
 UNSUPPORTED_ROLES = {
-    "dora_scale": "DoRA (dora_scale): its weight-norm rescaling is not implemented",
-    "lora_magnitude_vector": "DoRA (lora_magnitude_vector): its weight-norm rescaling is not implemented",
     "diff_b": "bias updates (diff_b) are not supported",
     "bias": "bias updates are not supported",
     "scale": "an explicit per-module scale tensor is not supported",

@@ -9,6 +9,10 @@ the file's own scale is 1. ``up @ down`` is then exactly Σ cᵢ sᵢ Bᵢ Aᵢ:
 ``svd`` forms the blended ΔW per layer in fp32 and keeps its top-k singular triplets
 (``up = U·S``, ``down = Vᵀ``, alpha = k): any adapter kind, fixed size, and the relative
 Frobenius error it costs is reported per layer and overall.
+
+DoRA has no exact bake: its update m ⊙ (W0 + BA)/‖W0 + BA‖ − W0 rescales every row of W0,
+so it is full rank in general, and a kohya file holds no magnitude to carry it. An exact
+bake refuses it; svd bakes Σ cᵢ·Dᵢ with each Dᵢ taken on the unpatched base (``originals``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ import torch
 from torch import Tensor
 
 from studio.adapters.adapter import LayerKey
-from studio.adapters.layers import LoraDelta
+from studio.adapters.layers import DoraDelta, LoraDelta, delta_on
 from studio.errors import StudioError
 from studio.formats.kohya import save_kohya
 from studio.formats.kohya_names import ModuleRef, kohya_name
@@ -62,6 +66,13 @@ def _exact_factors(key: LayerKey, terms: Terms, weight_shape: tuple[int, ...]) -
     downs, ups = [], []
     for adapter, coefficient in terms:
         layer = adapter.layers[key]
+        if isinstance(layer, DoraDelta):
+            raise StudioError(
+                f"adapter {adapter.name!r} is DoRA ({key[0]}:{key[1]}), which has no exact bake: its update "
+                "rescales the base weight's rows (or columns), so it is not a low-rank product",
+                path=adapter.path,
+                hint="bake with a target rank (svd) instead",
+            )
         if not (isinstance(layer, LoraDelta) and layer.is_plain):
             raise StudioError(
                 f"an exact bake needs plain LoRA factors, but {key[0]}:{key[1]} of adapter "
@@ -89,6 +100,22 @@ def _svd_factors(delta: Tensor, rank: int) -> tuple[Tensor, Tensor, float, float
         residual,
         float(s.pow(2).sum()),
     )
+
+
+def _svd_delta(key: LayerKey, terms: Terms, base: Tensor, device: torch.device) -> Tensor:
+    """Σ cᵢ·ΔWᵢ of one layer in fp32; DoRA terms are taken on ``base``, the unpatched weight."""
+    delta = torch.zeros(base.shape, dtype=torch.float32, device=device)
+    for adapter, coefficient in terms:
+        layer = adapter.layers[key]
+        if isinstance(layer, DoraDelta) and base.device.type == "meta":
+            raise StudioError(
+                f"adapter {adapter.name!r} is DoRA: its update depends on the base model's weights, "
+                "and this base has only their shapes",
+                path=adapter.path,
+                hint="give the base model (--base)",
+            )
+        delta.add_(delta_on(layer, base, device), alpha=coefficient)
+    return delta
 
 
 def _resolution(items: Sequence[BlendItem]) -> tuple[int, int] | None:
@@ -145,10 +172,13 @@ def bake_blend(
     dtype: torch.dtype = torch.float32,
     title: str | None = None,
     prediction: str = "epsilon",
+    originals: Callable[[LayerKey], Tensor] | None = None,
 ) -> BakeReport:
     """Write the blend of ``items`` to ``out``; ``rank=None`` -> exact, else svd at that rank.
 
     ``prediction`` is used only when ``components`` has no scheduler to say it (a shape-only base).
+    ``originals`` gives a layer's unpatched weight where a blend engine has patched ``components``
+    (``BlendEngine.original_weight``); DoRA terms need it. Default: the weights as they are.
     """
     out = Path(out)
     if rank is not None and rank < 1:
@@ -169,9 +199,8 @@ def bake_blend(
         if rank is None:
             down, up = _exact_factors(key, terms, shape)
         else:
-            delta = torch.zeros(shape, dtype=torch.float32, device=device)
-            for adapter, coefficient in terms:
-                delta.add_(adapter.layers[key].delta(shape, device), alpha=coefficient)
+            base = weight.detach() if originals is None else originals(key)
+            delta = _svd_delta(key, terms, base, device)
             down, up, residual, norm = _svd_factors(delta, rank)
             name = kohya_name(ModuleRef(component, path, None), family, unet_config)
             errors[name] = math.sqrt(residual / norm) if norm > 0 else 0.0

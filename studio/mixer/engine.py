@@ -14,6 +14,15 @@ Exactness rules (the fuse/unfuse drift reported in diffusers #5604, #4473):
 
 A slider change rewrites only the layers whose terms (adapter, coefficient) changed.
 
+DoRA is not linear in the weight: its unit update Dᵢ = mᵢ ⊙ (W0 + ΔWᵢ) / ‖W0 + ΔWᵢ‖ − W0
+depends on the base. Each Dᵢ is computed against the UNPATCHED original W0 (the copy kept
+for restoring), never against a weight that already holds other adapters, and the blend
+is W0 + Σ cᵢ·Dᵢ like any other kind: order-independent and linear in each slider; one
+adapter at weight 1 is peft's DoRA layer (merged or at run time), and weight w is ComfyUI's
+strength rule W0 + w·(W' − W0). Several DoRA adapters on one layer are chained by peft
+(each one's rescaling also scales the updates before it) and by ComfyUI (each norm taken
+on the weight the earlier patches left), both order-dependent: ``docs/dora.md``.
+
 On a GPU, nothing in a patch waits for the device: originals stay on the weight's device
 while they fit a budget (so a re-patch or restore never crosses the bus) and beyond it go
 to pinned host memory with asynchronous copies; adapter factors are sent asynchronously
@@ -30,14 +39,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from studio.adapters.adapter import Adapter, LayerKey
-from studio.adapters.layers import AdapterDelta
+from studio.adapters.layers import AdapterDelta, delta_on
 from studio.mixer.blend import BlendItem, Terms, blend_terms
 from studio.mixer.lbw import layers_per_block
 
@@ -69,11 +78,13 @@ def _factors_to(layer: AdapterDelta, device: torch.device) -> AdapterDelta:
     factors is staged and queued, where a blocking one would wait for all queued GPU work."""
     if device.type == "cpu":
         return layer
-    moved = {
-        f.name: value.to(device, non_blocking=True)
-        for f in fields(layer)
-        if isinstance(value := getattr(layer, f.name), Tensor)
-    }
+    moved = {}
+    for f in fields(layer):
+        value = getattr(layer, f.name)
+        if isinstance(value, Tensor):
+            moved[f.name] = value.to(device, non_blocking=True)
+        elif is_dataclass(value):  # the ΔW recipe a DoraDelta wraps
+            moved[f.name] = _factors_to(value, device)
     return replace(layer, **moved)
 
 
@@ -120,14 +131,20 @@ class BlendEngine:
         component, path = key
         return self._components[component].get_submodule(path).weight
 
-    def _unit_delta(self, adapter: Adapter, key: LayerKey, weight: Tensor) -> Tensor:
+    def original_weight(self, key: LayerKey) -> Tensor:
+        """The unpatched weight of a layer: its saved original while patched, else the live weight."""
+        original = self._originals.get(key)
+        return self._weight(key).detach() if original is None else original
+
+    def _unit_delta(self, adapter: Adapter, key: LayerKey, weight: Tensor, base: Tensor) -> Tensor:
+        """ΔW of ``adapter`` at weight 1 on this layer; ``base`` is the unpatched weight on its device."""
         cached = self._cache.get((adapter, key))
         if cached is not None:
             return cached
         layer = self._factors.get((adapter, key))
         if layer is None:
             layer = _factors_to(adapter.layers[key], weight.device)
-        delta = layer.delta(tuple(weight.shape), weight.device)
+        delta = delta_on(layer, base, weight.device)
         if self._cache_budget is None:
             self._cache_budget = default_cache_budget(weight.device)
         size = _nbytes(delta)
@@ -176,12 +193,13 @@ class BlendEngine:
             weight.copy_(original, non_blocking=True)
             self._drop_original(key)
             return
+        base = original.to(weight.device, non_blocking=True)  # also what DoRA's norm is taken on
         (first, first_coefficient), *rest = terms
-        delta = self._unit_delta(first, key, weight) * first_coefficient
+        delta = self._unit_delta(first, key, weight, base) * first_coefficient
         for adapter, coefficient in rest:
-            delta.add_(self._unit_delta(adapter, key, weight), alpha=coefficient)
+            delta.add_(self._unit_delta(adapter, key, weight, base), alpha=coefficient)
         # fp16/bf16 + fp32 is computed in fp32 (the original upcast exactly); copy_ casts back once.
-        weight.copy_(original.to(weight.device, non_blocking=True) + delta)
+        weight.copy_(base + delta)
 
     def set_blend(self, items: Sequence[BlendItem]) -> PatchStats:
         """Make the weights equal base + this blend, rewriting only the layers that change."""
