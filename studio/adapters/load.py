@@ -22,6 +22,7 @@ from torch import Tensor
 
 from studio.adapters.adapter import Adapter, LayerKey, LoadReport
 from studio.adapters.family import FAMILY_NAMES, declared_family, family_from_shapes
+from studio.adapters.flow import split_fused
 from studio.adapters.info import AdapterWarning, adapter_info, read_sidecar
 from studio.adapters.layers import AdapterDelta, FullDelta, LohaDelta, LokrDelta, LoraDelta, rebuild_tucker
 from studio.adapters.resolve import ModuleResolver
@@ -60,7 +61,7 @@ class _PeftAlphas:
                 raise StudioError("lora_adapter_metadata header is not valid JSON", path=path) from None
             for key, value in flat.items():
                 component, dot, field = key.partition(".")
-                if dot and component in ("unet", "text_encoder", "text_encoder_2"):
+                if dot and component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
                     self.configs.setdefault(component, {})[field] = value
                 else:
                     self.configs.setdefault(None, {})[key] = value
@@ -208,7 +209,8 @@ def _resolve(
     unmatched: list[str] = []
     unmatched_keys: list[str] = []
     for module, roles in groups.items():
-        ref = resolver.ref(parsed[module])
+        fused = resolver.fused(parsed[module])  # a flow base's kohya module: maybe several layers
+        ref = fused.refs[0] if fused else resolver.ref(parsed[module])
         if ref is None:
             unmatched.append(module)
             unmatched_keys.extend(key for key, _ in roles.values())
@@ -217,12 +219,15 @@ def _resolve(
             layer = _build_layer(module, roles, lambda rank, r=ref: alphas.scale(r.component, r.path, rank))
         except StudioError as exc:
             raise StudioError(exc.message, path=path) from None
-        if error := layer.shape_error(tuple(ref.module.weight.shape)):
+        if error := layer.shape_error(fused.shape if fused else tuple(ref.module.weight.shape)):
             raise _shape_mismatch(module, roles, error, tensors, family, path)
-        key = (ref.component, ref.path)
-        if key in layers:
-            raise StudioError(f"two modules of the file target the same layer {key[0]}:{key[1]}", path=path)
-        layers[key] = layer
+        for target, piece in split_fused(fused, layer, path) if fused else [(ref, layer)]:
+            key = (target.component, target.path)
+            if key in layers:
+                raise StudioError(
+                    f"two modules of the file target the same layer {key[0]}:{key[1]}", path=path
+                )
+            layers[key] = piece
     return layers, unmatched + foreign, unmatched_keys + foreign, formats
 
 
@@ -252,6 +257,8 @@ def load_adapter(
             path=path,
             hint="pick a base of the adapter's family",
         )
+    if note := family.adapter_mismatch(metadata, components):
+        warnings.warn(f"{path}: {note}", AdapterWarning, stacklevel=2)
     layers, unmatched, unmatched_keys, formats = _resolve(path, tensors, metadata, components, family)
     if not layers:
         shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")

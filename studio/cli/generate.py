@@ -202,10 +202,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--negative", help="negative prompt")
     parser.add_argument("--seed", type=int, help="seed (default: random; image i of a batch uses seed + i)")
     parser.add_argument("--steps", type=int, help="denoising steps (default 25)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale (default 7); Flux-dev: its distilled guidance embedding",
+    )
     parser.add_argument("--width", type=int, help="width in pixels (default: the base's native size)")
     parser.add_argument("--height", type=int, help="height in pixels")
-    parser.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default euler-a)")
+    parser.add_argument(
+        "--scheduler",
+        choices=list(SCHEDULERS),
+        help="sampler (default euler-a; SD3.5 and Flux: flow-euler, their pipeline's own)",
+    )
     parser.add_argument("--batch", type=int, help="images to make (default 1)")
     parser.add_argument(
         "--clip-skip",
@@ -254,6 +262,11 @@ def run(args: argparse.Namespace) -> int:
         check_files(args.lora)
         base_spec = args.base if recipe is None or args.base != "default" else recipe.base
         base = load_base_model(base_spec)
+        if args.scheduler and args.scheduler not in base.family.samplers:
+            raise StudioError(
+                f"--scheduler {args.scheduler} does not sample {base.family.display_name}",
+                hint=f"use {' or '.join(base.family.samplers)}",
+            )
         items = load_blend(recipe, base.components, base.family.adapter_family, args.recipe) if recipe else []
         items = blend_from_args(args, args.lora, base, items)
         settings = settings_from_args(args, recipe.settings if recipe else None)

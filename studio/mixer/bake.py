@@ -9,6 +9,10 @@ the file's own scale is 1. ``up @ down`` is then exactly Σ cᵢ sᵢ Bᵢ Aᵢ:
 ``svd`` forms the blended ΔW per layer in fp32 and keeps its top-k singular triplets
 (``up = U·S``, ``down = Vᵀ``, alpha = k): any adapter kind, fixed size, and the relative
 Frobenius error it costs is reported per layer and overall.
+
+The file is the family's kohya file (``Family.save_kohya_file``): SD3.5 and Flux blends are
+written on their original fused layout, the split layers' factors assembled exactly (an svd
+module's error is then over all of its parts).
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ from torch import Tensor
 from studio.adapters.adapter import LayerKey
 from studio.adapters.layers import LoraDelta
 from studio.errors import StudioError
-from studio.formats.kohya import save_kohya
-from studio.formats.kohya_names import ModuleRef, kohya_name
+from studio.formats.kohya_names import ModuleRef
 from studio.formats.metadata import (
     base_model_version,
     metadata_resolution,
@@ -156,9 +159,9 @@ def bake_blend(
     wanted = blend_terms(items, layers_per_block(components))
     if not wanted:
         raise StudioError("nothing to bake: every adapter is disabled or at weight 0")
-    unet_config = components["unet"].config
+    denoiser_config = components[family.denoiser].config
     lora: dict[LayerKey, LoraTensors] = {}
-    errors: dict[str, float] = {}
+    module_error: dict[str, tuple[float, float]] = {}  # kohya module -> (squared residual, squared norm)
     residual_total = norm_total = 0.0
     for key, terms in sorted(wanted.items()):
         component, path = key
@@ -173,11 +176,13 @@ def bake_blend(
             for adapter, coefficient in terms:
                 delta.add_(adapter.layers[key].delta(shape, device), alpha=coefficient)
             down, up, residual, norm = _svd_factors(delta, rank)
-            name = kohya_name(ModuleRef(component, path, None), family, unet_config)
-            errors[name] = math.sqrt(residual / norm) if norm > 0 else 0.0
+            name = family.kohya_name(ModuleRef(component, path, None), denoiser_config)
+            before = module_error.get(name, (0.0, 0.0))
+            module_error[name] = (before[0] + residual, before[1] + norm)
             residual_total, norm_total = residual_total + residual, norm_total + norm
         lora[key] = LoraTensors(down=down.cpu(), up=up.cpu(), alpha=float(down.shape[0]))
 
+    errors = {name: math.sqrt(r / n) if n > 0 else 0.0 for name, (r, n) in module_error.items()}
     ranks = {tensors.rank for tensors in lora.values()}
     rank_text = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
     overall = math.sqrt(residual_total / norm_total) if norm_total > 0 else 0.0
@@ -194,5 +199,5 @@ def bake_blend(
     }
     if method == "svd":
         metadata["studio.bake_relative_error"] = f"{overall:.6g}"
-    save_kohya(out, lora, components, family, metadata, dtype=dtype)
+    family.save_kohya_file(out, lora, components, metadata, dtype=dtype)
     return BakeReport(out, method, len(lora), rank_text, errors, overall)
