@@ -59,7 +59,9 @@ def family_from_shapes(tensors: Mapping[str, Tensor]) -> ModelFamily | None:
     """Read the context width off a cross-attention key/value LoRA (full-size models only)."""
     for key, tensor in tensors.items():
         parsed = parse_key(key)
-        if parsed is None or parsed.role != "down" or tensor.dim() < 2 or "transformer" in parsed.module:
+        if parsed is None or parsed.role != "down" or tensor.dim() < 2:
+            continue
+        if parsed.module.startswith(("transformer.", "transformer_blocks.")):
             continue  # SD3.5-Medium's attn2 is an image self-attention, not a UNet's cross-attention
         if any(needle in parsed.module for needle in _CROSS_ATTN_INPUTS):
             return _CONTEXT_WIDTHS.get(tensor.shape[1])

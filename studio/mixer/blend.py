@@ -64,8 +64,8 @@ class AdapterWeights:
         bad = [key for key in self.blocks if not _BLOCK_KEY.match(key)]
         if bad:
             raise StudioError(
-                f"unknown block {bad[0]!r}: use down, mid, up, down.N / up.N (UNet) "
-                "or double, single, double.N / single.N (SD3.5, Flux)"
+                f"unknown UNet block {bad[0]!r}: use down, mid, up or down.N / up.N "
+                "(SD3.5 and Flux transformers: double, single, double.N / single.N)"
             )
         object.__setattr__(self, "blocks", {k: float(v) for k, v in self.blocks.items()})
         object.__setattr__(self, "lbw", str(self.lbw or "").strip())
