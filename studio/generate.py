@@ -278,7 +278,10 @@ class GenerationSession:
         return name if name in samplers else samplers[0]
 
     def trained_clip_skip(self) -> int | None:
-        """The clip skip the enabled adapters were trained with (the first that says one)."""
+        """The clip skip the enabled adapters were trained with (the first that says one); None
+        for a family without one (a flow model's file may still carry sd-scripts' ``ss_clip_skip``)."""
+        if "clip_skip" in self.model_family.unsupported_options:
+            return None
         for item in self.items:
             if item.weights.enabled and item.adapter.info.clip_skip is not None:
                 return item.adapter.info.clip_skip

@@ -150,6 +150,27 @@ def test_sd_scripts_flux_names_split_by_rows_onto_diffusers_layers(tmp_path):
     torch.testing.assert_close(got(*q_proj), reference("lora_te1_encoder_layers_0_self_attn_q_proj"))
 
 
+def test_a_lokr_on_a_fused_module_gives_each_layer_its_rows_of_the_whole_update(tmp_path):
+    pipe = FLUX.build_tiny(0)
+    block = pipe.transformer.single_transformer_blocks[0]
+    inner, mlp = block.attn.to_q.out_features, block.proj_mlp.out_features
+    g = torch.Generator().manual_seed(2)
+    w1, w2 = torch.randn(2, 2, generator=g), torch.randn((3 * inner + mlp) // 2, 16, generator=g) * 0.1
+    name = "lora_unet_single_blocks_0_linear1"
+    save_file({f"{name}.lokr_w1": w1, f"{name}.lokr_w2": w2}, tmp_path / "lokr.safetensors")
+    adapter = _strictly_loaded(tmp_path / "lokr.safetensors", pipe.components, FLUX)
+    whole = torch.kron(w1, w2)  # LyCORIS: ΔW = kron(w1, w2), scale 1 without a factored rank
+    paths = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+    rows = (inner, inner, inner, mlp)
+    start = 0
+    for path, n in zip(paths, rows, strict=True):
+        layer = adapter.layers[("transformer", f"single_transformer_blocks.0.{path}")]
+        assert layer.kind == "lokr"
+        torch.testing.assert_close(layer.delta((n, 32)), whole[start : start + n])
+        start += n
+    assert not adapter.is_plain_lora  # an exact bake refuses it; svd takes it
+
+
 def test_sd_scripts_sd3_names_and_the_last_blocks_shift_scale_order(tmp_path):
     pipe = SD3.build_tiny(0)
     t = pipe.transformer

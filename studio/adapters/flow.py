@@ -8,7 +8,9 @@ parts' rows stacked in ``FusedPart`` order, so part i's update is exactly
 of that slice which are all zero (the writer's block-diagonal ``up``) are dropped with
 their ``down`` rows, which changes nothing in ΔW and gives each part its own rank back.
 SD3's last joint block (diffusers' ``AdaLayerNormContinuous``) emits (scale, shift) where
-SAI's layout emits (shift, scale); the two halves of ``up`` are swapped back.
+SAI's layout emits (shift, scale); the two halves of ``up`` are swapped back. LyCORIS kinds
+(LoHa, LoKr, full) on a fused module have no factor to cut by rows: each part is a
+``PartDelta``, its rows of the whole ΔW.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 import torch
 
 from studio.adapters.layers import LoraDelta
-from studio.errors import StudioError
 from studio.formats.flow_lora import _is_continuous_norm
 from studio.formats.flow_names import FusedPart, fused_part
 from studio.formats.kohya_names import ModuleRef, adaptable_modules
@@ -40,11 +41,16 @@ class FlowTarget:
         return sum(w.shape[0] for w in weights), weights[0].shape[1]
 
     def split(self, layer: Any) -> list[tuple[ModuleRef, Any]]:
-        """``(base layer, its delta)`` per part; a part the file leaves at zero is left out."""
+        """``(base layer, its delta)`` per part; a LoRA part the file leaves at zero is left out."""
         if not isinstance(layer, LoraDelta) or not layer.is_plain:
-            if len(self.refs) > 1 or self.swap_halves:
-                raise ValueError(f"a {layer.kind} module cannot be split onto diffusers' layers")
-            return [(self.refs[0], layer)]
+            if len(self.refs) == 1 and not self.swap_halves:
+                return [(self.refs[0], layer)]
+            out, row = [], 0
+            for ref in self.refs:
+                rows = ref.module.weight.shape[0]
+                out.append((ref, PartDelta(layer, self.shape, row, row + rows, self.swap_halves)))
+                row += rows
+            return out
         up = layer.up.reshape(layer.up.shape[0], -1)
         if self.swap_halves:
             first, second = up.chunk(2, dim=0)
@@ -60,6 +66,39 @@ class FlowTarget:
             keep = used.nonzero().flatten() if not used.all() else slice(None)
             out.append((ref, LoraDelta(down=layer.down[keep], up=piece[:, keep], scale=layer.scale)))
         return out
+
+
+@dataclass(frozen=True)
+class PartDelta:
+    """Rows ``start:stop`` of a fused module's ΔW, for kinds whose factors cannot be cut by rows
+    (LoHa, LoKr, full): the whole ΔW is formed and sliced each time, exact and file-sized in memory."""
+
+    whole: Any  # the fused module's AdapterDelta
+    fused_shape: tuple[int, int]
+    start: int
+    stop: int
+    swap_halves: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.whole.kind
+
+    @property
+    def rank(self) -> int | None:
+        return self.whole.rank
+
+    def shape_error(self, weight_shape: tuple[int, ...]) -> str | None:
+        rows = self.stop - self.start
+        if (rows, self.fused_shape[1]) != tuple(weight_shape):
+            return f"gives a [{rows}, {self.fused_shape[1]}] update for a {list(weight_shape)} weight"
+        return None
+
+    def delta(self, weight_shape: tuple[int, ...], device: Any = None) -> torch.Tensor:
+        full = self.whole.delta(self.fused_shape, device)
+        if self.swap_halves:
+            first, second = full.chunk(2, dim=0)
+            full = torch.cat([second, first])
+        return full[self.start : self.stop].reshape(weight_shape)
 
 
 def flow_kohya_index(components: dict[str, Any], family: Any) -> dict[str, FlowTarget]:
@@ -81,11 +120,3 @@ def flow_kohya_index(components: dict[str, Any], family: Any) -> dict[str, FlowT
         swap = len(refs) == 1 and _is_continuous_norm(components, refs[0].component, fused[name])
         index[name] = FlowTarget(name, refs, swap)
     return index
-
-
-def split_fused(target: FlowTarget, layer: Any, path: Any) -> list[tuple[ModuleRef, Any]]:
-    """``target.split(layer)``, a module that cannot be split refused in one line naming the file."""
-    try:
-        return target.split(layer)
-    except ValueError as exc:
-        raise StudioError(f"module {target.name!r}: {exc}", path=path) from None

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from studio.adapters.adapter import Adapter, LayerKey, LoadReport
 from studio.adapters.family import FAMILY_NAMES, declared_family, family_from_shapes
-from studio.adapters.flow import split_fused
 from studio.adapters.info import AdapterWarning, adapter_info, read_sidecar
 from studio.adapters.layers import AdapterDelta, FullDelta, LohaDelta, LokrDelta, LoraDelta, rebuild_tucker
 from studio.adapters.resolve import ModuleResolver
@@ -221,7 +220,7 @@ def _resolve(
             raise StudioError(exc.message, path=path) from None
         if error := layer.shape_error(fused.shape if fused else tuple(ref.module.weight.shape)):
             raise _shape_mismatch(module, roles, error, tensors, family, path)
-        for target, piece in split_fused(fused, layer, path) if fused else [(ref, layer)]:
+        for target, piece in fused.split(layer) if fused else [(ref, layer)]:
             key = (target.component, target.path)
             if key in layers:
                 raise StudioError(
