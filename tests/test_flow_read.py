@@ -275,7 +275,8 @@ def test_inspect_names_family_modules_ranks_and_absent_blocks(run, tmp_path):
     report = inspect_file(kohya)
     assert report.family == family.id.upper() and "block names" in report.family_evidence
     assert set(report.modules) == {"transformer", *(("te1",) if family is FLUX else ("te1", "te2"))}
-    assert 3 in report.ranks and report.absent_blocks == []
+    assert report.ranks == [3] and report.absent_blocks == []  # every split layer trained at rank 3
+    assert report.fused_ranks == ([9, 12] if family is FLUX else [9])  # q, k, v (+ MLP) stacked
     assert inspect_file(diffusers).family == family.id.upper()  # diffusers names: the metadata says
     assert "transformer" in inspect_file(diffusers).modules
     # drop every module of block 0: a report, not a failure

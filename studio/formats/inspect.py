@@ -64,6 +64,9 @@ class LoraReport:
     top_tags: list[tuple[str, int]] = field(default_factory=list)
     blocks: dict[str, list[int]] = field(default_factory=dict)  # SD3.5/Flux: block list -> numbers present
     absent_blocks: list[str] = field(default_factory=list)  # gaps in them: "double_blocks 3-5"
+    fused_ranks: list[int] = field(
+        default_factory=list
+    )  # SD3.5/Flux kohya qkv / linear1 modules (not in ranks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,7 +238,10 @@ def inspect_file(path: str | Path) -> LoraReport:
     if family in _FLOW and "unet" in labels:
         labels["transformer"] = labels.get("transformer", 0) + labels.pop("unet")  # lora_unet_ names it
     blocks = flow_blocks(modules, _FLOW[family]) if family in _FLOW else {}
-    ranks = {rank for module in modules.values() if (rank := _rank(module)) is not None}
+    # A fused kohya module (q, k, v [, MLP] in one) has the parts' ranks summed when written block-diagonally.
+    fused = {name for name in modules if family in _FLOW and name.endswith(("_qkv", "_linear1"))}
+    ranks = {rank for name, module in modules.items() if name not in fused and (rank := _rank(module))}
+    fused_ranks = {rank for name in fused if (rank := _rank(modules[name]))}
     alpha_keys = [name for name, key, _ in parsed if key.role == "alpha"]
     alphas = _scalars(path, alpha_keys) if alpha_keys else _config_alphas(header.metadata)
     return LoraReport(
@@ -246,6 +252,7 @@ def inspect_file(path: str | Path) -> LoraReport:
         family_evidence=evidence,
         modules=dict(sorted(labels.items())),
         ranks=sorted(ranks),
+        fused_ranks=sorted(fused_ranks),
         alphas=alphas,
         dtypes=dict(sorted(Counter(info["dtype"] for info in header.tensors.values()).items())),
         tensor_count=len(header.tensors),
@@ -295,7 +302,8 @@ def format_report(report: LoraReport) -> str:
             else []
         ),
         *([f"absent:   {'; '.join(report.absent_blocks)}"] if report.absent_blocks else []),
-        f"rank:     {_range(report.ranks)}",
+        f"rank:     {_range(report.ranks)}"
+        + (f" (fused qkv / linear1 modules: {_range(report.fused_ranks)})" if report.fused_ranks else ""),
         f"alpha:    {_range(report.alphas) if report.alphas else 'none (scale 1: alpha = rank)'}",
         f"dtype:    {', '.join(f'{d} ×{n}' for d, n in report.dtypes.items()) or 'none'}",
         f"tensors:  {report.tensor_count}",
