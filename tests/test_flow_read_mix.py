@@ -211,3 +211,42 @@ def test_flux_dev_guidance_goes_to_its_embedding_and_schnell_has_none(tmp_path):
             images[name, guidance] = _array(image.image)
     assert np.abs(images["dev", 1.0] - images["dev", 6.0]).max() > 1e-2  # distilled guidance embedding
     np.testing.assert_array_equal(images["schnell", 1.0], images["schnell", 6.0])  # no guidance input, no CFG
+
+
+def test_studio_merge_without_a_base_bakes_flux_files_on_the_full_size_layout(tmp_path, capsys):
+    """No --base: the family comes from the files, Flux.1-dev's layers are built on the meta device."""
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(0)
+    names = {
+        "lora_unet_double_blocks_0_img_attn_qkv": 3 * 3072,
+        "lora_unet_single_blocks_37_linear1": 3 * 3072 + 12288,
+    }
+    files, factors = [], []
+    for i in range(2):
+        state = {}
+        for name, rows in names.items():
+            down, up = torch.randn(2, 3072, generator=g) * 0.1, torch.randn(rows, 2, generator=g) * 0.1
+            state |= {
+                f"{name}.lora_down.weight": down,
+                f"{name}.lora_up.weight": up,
+                f"{name}.alpha": torch.tensor(1.0),
+            }
+        factors.append(state)
+        files.append(tmp_path / f"sd_scripts_{i}.safetensors")
+        save_file(state, files[-1], {"ss_base_model_version": "flux1"})
+    out = tmp_path / "merged.safetensors"
+    assert main(["merge", f"{files[0]}:0.5", f"{files[1]}:-1", "--out", str(out)]) == 0
+    assert "exact" in capsys.readouterr().out
+    merged = load_file(str(out))
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+
+    def delta(state, weight):
+        scale = float(state[f"{name}.alpha"]) / state[f"{name}.lora_down.weight"].shape[0]
+        return weight * scale * state[f"{name}.lora_up.weight"] @ state[f"{name}.lora_down.weight"]
+
+    torch.testing.assert_close(
+        delta(merged, 1.0), delta(factors[0], 0.5) + delta(factors[1], -1.0), rtol=0, atol=1e-6
+    )
+    assert set(merged) == {f"{n}.{r}" for n in names for r in ("lora_down.weight", "lora_up.weight", "alpha")}
+    assert read_header(out).metadata["modelspec.architecture"] == "flux-1-dev/lora"

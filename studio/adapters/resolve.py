@@ -73,9 +73,7 @@ class ModuleResolver:
         """A diffusers/peft module path; ``component=None`` tries the denoiser, then each text encoder."""
         names = (self.family.denoiser, *self.family.text_encoder_names)
         head, dot, rest = path.partition(".")
-        if (
-            component is None and dot and head in names
-        ):  # ``transformer.…``: a component the grammar leaves unnamed
+        if component is None and dot and head in names:  # ``transformer.…``: not a grammar prefix
             component, path = head, rest
         for name in [component] if component else names:
             for candidate in (path, path.removeprefix("text_model."), f"text_model.{path}"):
