@@ -23,7 +23,7 @@ from studio.mixer import AdapterWeights, BlendItem, bake_blend
 from studio.recipes import GenerationSettings
 
 PROMPT = "inkstyle, a red circle"
-SETTINGS = GenerationSettings(prompt=PROMPT, seed=3, steps=2, guidance=4.0, width=32, height=32)
+SETTINGS = GenerationSettings(prompt=PROMPT, seed=3, steps=1, guidance=4.0, width=32, height=32)
 
 
 def _files(family, directory, seed=0, rank=4, preset="full"):
@@ -161,7 +161,7 @@ def test_bake_of_two_flow_adapters_reloads_to_the_blend(family, tmp_path):
 def test_studio_generate_on_a_flux_base_with_a_flux_lora(tmp_path, capsys):
     kohya, _ = _files(FLUX, tmp_path)
     _base(FLUX).save_pretrained(tmp_path / "flux")
-    fast = ["--steps", "2", "--width", "32", "--height", "32", "--seed", "3", "--guidance", "4"]
+    fast = ["--steps", "1", "--width", "32", "--height", "32", "--seed", "3", "--guidance", "4"]
     out = tmp_path / "out.png"
     assert (
         main(

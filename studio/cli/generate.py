@@ -90,13 +90,16 @@ def add_blend_options(parser: argparse.ArgumentParser) -> None:
         "--te-weight", action="append", metavar="NAME=X", help="text-encoder strength of one adapter"
     )
     parser.add_argument(
-        "--unet-weight", action="append", metavar="NAME=X", help="UNet strength of one adapter"
+        "--unet-weight",
+        action="append",
+        metavar="NAME=X",
+        help="UNet (SD3.5 / Flux: transformer) strength of one adapter",
     )
     parser.add_argument(
         "--blocks",
         action="append",
         metavar="NAME=down:X,mid:X,up:X",
-        help="UNet block weights of one adapter",
+        help="block weights of one adapter (SD3.5 / Flux: double:X,single:X; numbered: up.1:X, single.7:X)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="fail when an adapter has modules the base lacks"
