@@ -185,6 +185,27 @@ def test_studio_generate_on_a_flux_base_with_a_flux_lora(tmp_path, capsys):
     np.testing.assert_allclose(
         _array(Image.open(out).convert("RGB")), _pipeline_image(reference), atol=2 / 255
     )
+    default = tmp_path / "default.png"  # no --guidance: Flux-dev's own 3.5, not SD's 7
+    assert (
+        main(
+            [
+                "generate",
+                PROMPT,
+                "--base",
+                str(tmp_path / "flux"),
+                "--steps",
+                "1",
+                "--width",
+                "32",
+                "--height",
+                "32",
+                "--out",
+                str(default),
+            ]
+        )
+        == 0
+    )
+    assert "CFG scale: 3.5" in Image.open(default).text["parameters"]
     capsys.readouterr()
     bad = [
         "generate",

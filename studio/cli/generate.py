@@ -208,7 +208,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--guidance",
         type=float,
-        help="classifier-free guidance scale (default 7); Flux-dev: its distilled guidance embedding",
+        help="classifier-free guidance scale (default 7); Flux-dev: its distilled guidance (default 3.5)",
     )
     parser.add_argument("--width", type=int, help="width in pixels (default: the base's native size)")
     parser.add_argument("--height", type=int, help="height in pixels")
@@ -273,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
         items = load_blend(recipe, base.components, base.family.adapter_family, args.recipe) if recipe else []
         items = blend_from_args(args, args.lora, base, items)
         settings = settings_from_args(args, recipe.settings if recipe else None)
+        if recipe is None and args.guidance is None:
+            settings = replace(settings, guidance=base.family.default_guidance)
         paths = output_paths(args.out, settings.batch)
         session = GenerationSession(base.pipeline, base_label(base_spec), base.family, fast=fast)
         session.set_blend(items)

@@ -59,6 +59,7 @@ class Family(ABC):
     unsupported_options: ClassVar[tuple[str, ...]] = ()
     # ``studio.generate.SCHEDULERS`` names that sample this family, its default first.
     samplers: ClassVar[tuple[str, ...]] = ("euler-a", "dpm++2m-karras", "ddim", "unipc")
+    default_guidance: ClassVar[float] = 7.0  # ``studio generate``'s guidance scale when none is given
 
     # -- identity ---------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ class FluxFamily(FlowMatchingFamily):
     modelspec_id = "flux-1-dev"
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
     base_model_version = "flux1"
+    default_guidance = GUIDANCE_SCALE  # dev's distilled guidance, FluxPipeline's default (schnell ignores it)
 
     @property
     def pipeline_class(self) -> type:
