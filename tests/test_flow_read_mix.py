@@ -69,8 +69,8 @@ def test_blended_image_matches_diffusers_load_lora_weights_and_restores_bit_exac
     assert np.abs(theirs - bare).max() > 2e-2  # the adapter changes the picture
 
     pipe = _base(family)
-    before = {name: p.detach().clone() for name, p in pipe.transformer.named_parameters()}
-    before |= {f"te.{n}": p.detach().clone() for n, p in pipe.text_encoder.named_parameters()}
+    adapted = (family.denoiser, *family.text_encoder_names)
+    before = {(c, n): p.detach().clone() for c in adapted for n, p in pipe.components[c].named_parameters()}
     session = GenerationSession(pipe, "tiny", family)
     for path in (kohya, diffusers):
         session.set_blend([BlendItem(load_adapter(path, pipe.components, family))])
@@ -80,9 +80,8 @@ def test_blended_image_matches_diffusers_load_lora_weights_and_restores_bit_exac
         )  # the default euler-a does not sample a flow model
         np.testing.assert_allclose(_array(ours.image), theirs, atol=2 / 255)  # 8-bit PNG vs float
     session.close()
-    after = {name: p for name, p in pipe.transformer.named_parameters()}
-    after |= {f"te.{n}": p for n, p in pipe.text_encoder.named_parameters()}
-    assert all(torch.equal(before[name], after[name]) for name in before)  # the bare base, bit for bit
+    after = {(c, n): p for c in adapted for n, p in pipe.components[c].named_parameters()}
+    assert all(torch.equal(before[key], after[key]) for key in before)  # the bare base, bit for bit
 
 
 def _patched(session, weights, adapter):
