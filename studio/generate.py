@@ -23,6 +23,7 @@ from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     UniPCMultistepScheduler,
 )
 from PIL import Image
@@ -47,6 +48,8 @@ SCHEDULERS: dict[str, tuple[type, dict[str, Any], str]] = {
     ),
     "ddim": (DDIMScheduler, {}, "DDIM"),
     "unipc": (UniPCMultistepScheduler, {"use_karras_sigmas": False}, "UniPC"),
+    # SD3.5 / Flux: the pipeline's own sampler; its config carries the shift (Flux-dev: dynamic).
+    "flow-euler": (FlowMatchEulerDiscreteScheduler, {}, "Euler"),
 }
 
 
@@ -263,13 +266,22 @@ class GenerationSession:
         )
 
     def native_size(self) -> tuple[int, int]:
-        """The size the denoiser was built for, in pixels."""
-        side = self.denoiser.config.sample_size
+        """The size the denoiser was built for, in pixels (the pipeline's default where the
+        denoiser's config has none, as Flux's)."""
+        side = getattr(self.denoiser.config, "sample_size", None) or self.pipeline.default_sample_size
         size = side * self.pipeline.vae_scale_factor
         return size, size
 
+    def sampler(self, name: str) -> str:
+        """``name`` if it samples this family, else the family's own (a flow model has one sampler)."""
+        samplers = self.model_family.samplers
+        return name if name in samplers else samplers[0]
+
     def trained_clip_skip(self) -> int | None:
-        """The clip skip the enabled adapters were trained with (the first that says one)."""
+        """The clip skip the enabled adapters were trained with (the first that says one); None
+        for a family without one (a flow model's file may still carry sd-scripts' ``ss_clip_skip``)."""
+        if "clip_skip" in self.model_family.unsupported_options:
+            return None
         for item in self.items:
             if item.weights.enabled and item.adapter.info.clip_skip is not None:
                 return item.adapter.info.clip_skip
@@ -283,6 +295,7 @@ class GenerationSession:
             width=settings.width or native_w,
             height=settings.height or native_h,
             clip_skip=settings.clip_skip if settings.clip_skip is not None else self.trained_clip_skip(),
+            scheduler=self.sampler(settings.scheduler),
         )
 
         scheduler = make_scheduler(settings.scheduler, self._scheduler_config)

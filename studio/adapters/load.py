@@ -71,7 +71,7 @@ class _PeftAlphas:
                 raise StudioError("lora_adapter_metadata header is not valid JSON", path=path) from None
             for key, value in flat.items():
                 component, dot, field = key.partition(".")
-                if dot and component in ("unet", "text_encoder", "text_encoder_2"):
+                if dot and component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
                     self.configs.setdefault(component, {})[field] = value
                 else:
                     self.configs.setdefault(None, {})[key] = value
@@ -226,7 +226,8 @@ def _resolve(
     unmatched: list[str] = []
     unmatched_keys: list[str] = []
     for module, roles in groups.items():
-        ref = resolver.ref(parsed[module])
+        fused = resolver.fused(parsed[module])  # a flow base's kohya module: maybe several layers
+        ref = fused.refs[0] if fused else resolver.ref(parsed[module])
         if ref is None:
             unmatched.append(module)
             unmatched_keys.extend(key for key, _ in roles.values())
@@ -235,7 +236,7 @@ def _resolve(
             layer = _build_layer(module, roles, lambda rank, r=ref: alphas.scale(r.component, r.path, rank))
         except StudioError as exc:
             raise StudioError(exc.message, path=path) from None
-        if error := layer.shape_error(tuple(ref.module.weight.shape)):
+        if error := layer.shape_error(fused.shape if fused else tuple(ref.module.weight.shape)):
             raise _shape_mismatch(module, roles, error, tensors, family, path)
         if alphas.uses_dora(ref.component) and not isinstance(layer, DoraDelta):
             raise StudioError(
@@ -243,10 +244,13 @@ def _resolve(
                 path=path,
                 hint="the file is incomplete: re-save the adapter with peft's save_pretrained",
             )
-        key = (ref.component, ref.path)
-        if key in layers:
-            raise StudioError(f"two modules of the file target the same layer {key[0]}:{key[1]}", path=path)
-        layers[key] = layer
+        for target, piece in fused.split(layer) if fused else [(ref, layer)]:
+            key = (target.component, target.path)
+            if key in layers:
+                raise StudioError(
+                    f"two modules of the file target the same layer {key[0]}:{key[1]}", path=path
+                )
+            layers[key] = piece
     return layers, unmatched + foreign, unmatched_keys + foreign, formats
 
 
@@ -276,6 +280,8 @@ def load_adapter(
             path=path,
             hint="pick a base of the adapter's family",
         )
+    if note := family.adapter_mismatch(metadata, components):
+        warnings.warn(f"{path}: {note}", AdapterWarning, stacklevel=2)
     layers, unmatched, unmatched_keys, formats = _resolve(path, tensors, metadata, components, family)
     if not layers:
         shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")

@@ -90,13 +90,16 @@ def add_blend_options(parser: argparse.ArgumentParser) -> None:
         "--te-weight", action="append", metavar="NAME=X", help="text-encoder strength of one adapter"
     )
     parser.add_argument(
-        "--unet-weight", action="append", metavar="NAME=X", help="UNet strength of one adapter"
+        "--unet-weight",
+        action="append",
+        metavar="NAME=X",
+        help="UNet (SD3.5 / Flux: transformer) strength of one adapter",
     )
     parser.add_argument(
         "--blocks",
         action="append",
         metavar="NAME=down:X,mid:X,up:X",
-        help="UNet block weights of one adapter",
+        help="block weights of one adapter (SD3.5 / Flux: double:X,single:X; numbered: up.1:X, single.7:X)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="fail when an adapter has modules the base lacks"
@@ -202,10 +205,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--negative", help="negative prompt")
     parser.add_argument("--seed", type=int, help="seed (default: random; image i of a batch uses seed + i)")
     parser.add_argument("--steps", type=int, help="denoising steps (default 25)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale (default 7); Flux-dev: its distilled guidance (default 3.5)",
+    )
     parser.add_argument("--width", type=int, help="width in pixels (default: the base's native size)")
     parser.add_argument("--height", type=int, help="height in pixels")
-    parser.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default euler-a)")
+    parser.add_argument(
+        "--scheduler",
+        choices=list(SCHEDULERS),
+        help="sampler (default euler-a; SD3.5 and Flux: flow-euler, their pipeline's own)",
+    )
     parser.add_argument("--batch", type=int, help="images to make (default 1)")
     parser.add_argument(
         "--clip-skip",
@@ -254,9 +265,16 @@ def run(args: argparse.Namespace) -> int:
         check_files(args.lora)
         base_spec = args.base if recipe is None or args.base != "default" else recipe.base
         base = load_base_model(base_spec)
+        if args.scheduler and args.scheduler not in base.family.samplers:
+            raise StudioError(
+                f"--scheduler {args.scheduler} does not sample {base.family.display_name}",
+                hint=f"use {' or '.join(base.family.samplers)}",
+            )
         items = load_blend(recipe, base.components, base.family.adapter_family, args.recipe) if recipe else []
         items = blend_from_args(args, args.lora, base, items)
         settings = settings_from_args(args, recipe.settings if recipe else None)
+        if recipe is None and args.guidance is None:
+            settings = replace(settings, guidance=base.family.default_guidance)
         paths = output_paths(args.out, settings.batch)
         session = GenerationSession(base.pipeline, base_label(base_spec), base.family, fast=fast)
         session.set_blend(items)

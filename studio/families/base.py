@@ -57,6 +57,9 @@ class Family(ABC):
     lora_patterns: ClassVar[dict[str, dict[str, str]]]  # preset -> {"denoiser"/"text_encoder": regex}
     # TrainConfig fields that mean nothing for this family: set, they are refused in one line.
     unsupported_options: ClassVar[tuple[str, ...]] = ()
+    # ``studio.generate.SCHEDULERS`` names that sample this family, its default first.
+    samplers: ClassVar[tuple[str, ...]] = ("euler-a", "dpm++2m-karras", "ddim", "unipc")
+    default_guidance: ClassVar[float] = 7.0  # ``studio generate``'s guidance scale when none is given
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -180,17 +183,28 @@ class Family(ABC):
     def modelspec_architecture(self, prediction_type: str) -> str:
         """``modelspec.architecture`` of this family's LoRA files."""
 
+    def adapter_mismatch(self, metadata: dict[str, str], components: dict[str, Any]) -> str | None:
+        """Why an adapter of this family may not suit this base though its shapes fit (a
+        variant its header names, as Flux schnell vs dev), or None. A warning, not a refusal."""
+        return None
+
     @abstractmethod
     def layer_group(self, component: str, path: str) -> tuple[str, str | None] | None:
         """The mixer's block of a layer: ``("down", "down.1")``, ``("mid", None)``, or None (no block)."""
 
     def save_kohya_file(
-        self, path: Path, lora: dict[Any, Any], components: dict[str, Any], metadata: dict[str, str]
+        self,
+        path: Path,
+        lora: dict[Any, Any],
+        components: dict[str, Any],
+        metadata: dict[str, str],
+        **options: Any,
     ) -> Path:
-        """Write an adapter of this family as a kohya file (the flow families write fused layouts)."""
+        """Write an adapter of this family as a kohya file (the flow families write fused layouts);
+        ``options``: the writer's keywords (``dtype``)."""
         from studio.formats.kohya import save_kohya
 
-        return save_kohya(path, lora, components, self, metadata)
+        return save_kohya(path, lora, components, self, metadata, **options)
 
     def save_diffusers_file(
         self, path: Path, lora: dict[Any, Any], components: dict[str, Any], metadata: dict[str, str]

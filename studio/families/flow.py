@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from studio.errors import StudioError
 from studio.families.base import Family
 
 LOGIT_MEAN, LOGIT_STD = 0.0, 1.0  # the SD3 paper's logit-normal(0, 1), diffusers' defaults
@@ -54,6 +55,17 @@ class FlowMatchingFamily(Family):
     unsupported_options = ("clip_skip", "v_prediction", "zero_terminal_snr", "min_snr_gamma")
     t5: ClassVar[tuple[str, str]]  # (encoder, tokenizer) attributes of T5, frozen
     t5_max_length: ClassVar[int]  # the pipeline's default ``max_sequence_length``
+    # Generation: the pipeline's own flow-matching Euler, from its scheduler config (SD3's fixed
+    # ``shift``, Flux-dev's resolution-dependent one); DDPM samplers do not apply.
+    samplers = ("flow-euler",)
+
+    def prompt_arguments(
+        self, components: dict[str, Any], prompt: str, negative: str, device: Any, clip_skip: int | None
+    ) -> dict[str, Any]:
+        """Prompt and negative prompt; A1111's clip skip is an SD notion, refused in one line."""
+        if clip_skip is not None:
+            raise StudioError(f"--clip-skip does not apply to {self.display_name}", hint="leave it unset")
+        return {"prompt": prompt, "negative_prompt": negative or None}
 
     def training_scheduler(self, pipeline: Any) -> Any:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -119,11 +131,18 @@ class FlowMatchingFamily(Family):
         }
 
     def save_kohya_file(
-        self, path: Any, lora: dict[Any, Any], components: dict[str, Any], metadata: dict[str, str]
+        self,
+        path: Any,
+        lora: dict[Any, Any],
+        components: dict[str, Any],
+        metadata: dict[str, str],
+        **options: Any,
     ) -> Any:
         from studio.formats.flow_lora import save_flow_kohya
 
-        return save_flow_kohya(path, lora, components, self, self.file_metadata(metadata, components))
+        return save_flow_kohya(
+            path, lora, components, self, self.file_metadata(metadata, components), **options
+        )
 
     def save_diffusers_file(
         self, path: Any, lora: dict[Any, Any], components: dict[str, Any], metadata: dict[str, str]

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from studio.families import FLUX, SD3
 from studio.models.family import ModelFamily
 
 # Header keys that name the base, strongest first, with the value prefixes each family uses.
 _METADATA_MARKS = (
     (
         "ss_base_model_version",
-        (("sdxl", ModelFamily.SDXL), ("sd_v2", ModelFamily.SD2), ("sd_v1", ModelFamily.SD1)),
+        (
+            ("sdxl", ModelFamily.SDXL),
+            ("sd_v2", ModelFamily.SD2),
+            ("sd_v1", ModelFamily.SD1),
+            ("flux1", FLUX),
+            ("sd3", SD3),
+        ),
     ),
     (
         "modelspec.architecture",
@@ -22,6 +29,8 @@ _METADATA_MARKS = (
             ("stable-diffusion-xl", ModelFamily.SDXL),
             ("stable-diffusion-v2", ModelFamily.SD2),
             ("stable-diffusion-v1", ModelFamily.SD1),
+            ("flux-1", FLUX),  # sd-scripts: flux-1-dev, flux-1-schnell
+            ("stable-diffusion-3", SD3),  # stable-diffusion-3-medium, -3.5-large (the studio: -3-5-)
         ),
     ),
     ("ss_v2", (("true", ModelFamily.SD2),)),

@@ -110,3 +110,35 @@ def flux_kohya_name(component: str, path: str) -> str:
 
 def sd3_kohya_name(component: str, path: str) -> str:
     return fused_part("sd3", component, path).name
+
+
+# Module-name marks only one flow family's adapter files carry: sd-scripts' original-layout
+# blocks, and diffusers' Flux-only single-stream blocks.
+_FILE_MARKS = (
+    ("lora_unet_double_blocks_", "flux"),
+    ("lora_unet_single_blocks_", "flux"),
+    ("lora_unet_joint_blocks_", "sd3"),
+)
+_BLOCK_NUMBER = re.compile(
+    r"^lora_unet_(double_blocks|single_blocks|joint_blocks)_(\d+)_"
+    r"|(?:^|\.)(single_transformer_blocks|transformer_blocks)\.(\d+)\."
+)
+
+
+def flow_family_id(module: str) -> str | None:
+    """``"flux"`` / ``"sd3"`` when a file's module name (kohya or diffusers) says which, else None."""
+    if found := next((family for mark, family in _FILE_MARKS if module.startswith(mark)), None):
+        return found
+    return "flux" if "single_transformer_blocks." in module else None
+
+
+def block_of(module: str, family_id: str) -> tuple[str, int] | None:
+    """``(original block list, number)`` of a flow module: ``("double_blocks", 3)``; None outside the blocks."""
+    m = _BLOCK_NUMBER.search(module)
+    if m is None:
+        return None
+    if m[1]:
+        return m[1], int(m[2])
+    if m[3] not in _BLOCKS[family_id]:
+        return None
+    return _BLOCKS[family_id][m[3]][0], int(m[4])

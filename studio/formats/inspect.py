@@ -3,7 +3,7 @@
 Everything is read from the validated header (names, dtypes, shapes) plus the few scalar
 ``alpha`` tensors, so inspecting a 1 GB file is instant and a hostile one cannot run code.
 The family comes from the file's structure where it can (cross-attention width, text-encoder
-width, SDXL-only names) and from the metadata otherwise; when the two disagree the report
+width, SDXL-only names, Flux's and SD3's original block names) and from the metadata otherwise; when the two disagree the report
 says so, since that is exactly why AUTOMATIC1111 hides a LoRA under the wrong base.
 Tensor names are read with ``studio.formats.keys``, the grammar the adapter loader uses, so
 a module inspect counts is one the loader sees.
@@ -20,7 +20,9 @@ from pathlib import Path
 from safetensors import safe_open
 
 from studio.errors import StudioError
+from studio.families import get_family
 from studio.formats.family import metadata_family
+from studio.formats.flow_names import block_of, flow_family_id
 from studio.formats.keys import KOHYA, TensorKey, parse_key
 from studio.formats.safetensors_io import read_header
 
@@ -29,6 +31,7 @@ _LABELS = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}  # te1
 _CROSS_ATTN_WIDTH = {768: "SD1", 1024: "SD2", 2048: "SDXL"}  # text width the UNet attends to
 _TE_WIDTH = {1024: "SD2", 1280: "SDXL"}  # 768 (CLIP-L) is SD 1.x or SDXL's te1: no evidence alone
 _LONG = 120
+_FLOW = {"FLUX": "flux", "SD3": "sd3"}  # report name -> family id
 
 
 @dataclass
@@ -40,6 +43,8 @@ class _Module:
 
     @property
     def shown_component(self) -> str:
+        if self.key.component is None and self.key.module.startswith("transformer."):
+            return "transformer"  # a diffusers SD3.5 / Flux file
         return _LABELS.get(self.key.component or "", "other")
 
 
@@ -48,15 +53,20 @@ class LoraReport:
     path: str
     file_size: int
     format: str
-    family: str  # SD1, SD2, SDXL or unknown
+    family: str  # SD1, SD2, SDXL, SD3, FLUX or unknown
     family_evidence: str
-    modules: dict[str, int]  # component (unet, te, te1, te2, other) -> module count
+    modules: dict[str, int]  # component (unet, transformer, te, te1, te2, other) -> module count
     ranks: list[int]
     alphas: list[float]
     dtypes: dict[str, int]  # safetensors dtype -> tensor count
     tensor_count: int
     metadata: dict[str, str] = field(default_factory=dict)
     top_tags: list[tuple[str, int]] = field(default_factory=list)
+    blocks: dict[str, list[int]] = field(default_factory=dict)  # SD3.5/Flux: block list -> numbers present
+    absent_blocks: list[str] = field(default_factory=list)  # gaps in them: "double_blocks 3-5"
+    fused_ranks: list[int] = field(
+        default_factory=list
+    )  # SD3.5/Flux kohya qkv / linear1 modules (not in ranks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +110,11 @@ def _in_features(modules: list[_Module], needles: tuple[str, ...]) -> int | None
 
 
 def _family_from_structure(modules: list[_Module]) -> tuple[str, str] | None:
+    flow = next((found for module in modules if (found := flow_family_id(module.key.module))), None)
+    if flow:
+        return flow.upper(), f"{get_family(flow).display_name} block names"
+    if any(module.shown_component == "transformer" for module in modules):
+        return None  # SD3.5 or Flux: names both share; the metadata says which
     width = _in_features(modules, ("attn2_to_k", "attn2.to_k"))
     if width in _CROSS_ATTN_WIDTH:
         return _CROSS_ATTN_WIDTH[width], f"cross-attention width {width}"
@@ -178,6 +193,33 @@ def top_tags(metadata: dict[str, str], count: int = 10) -> list[tuple[str, int]]
     return totals.most_common(count)
 
 
+def flow_blocks(modules: dict[str, _Module], family_id: str) -> dict[str, list[int]]:
+    """Block list (``double_blocks``, ``single_blocks``, ``joint_blocks``) -> the numbers the file adapts."""
+    found: dict[str, set[int]] = {}
+    for module in modules.values():
+        if block := block_of(module.key.module, family_id):
+            found.setdefault(block[0], set()).add(block[1])
+    return {name: sorted(numbers) for name, numbers in sorted(found.items())}
+
+
+def _spans(numbers: list[int]) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5, 9"``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def absent_blocks(blocks: dict[str, list[int]]) -> list[str]:
+    """Gaps below each list's highest adapted block (``"double_blocks 3-5"``): a report, not an error,
+    since a file may adapt only some blocks on purpose (sd-scripts' train_double_block_indices)."""
+    gaps = {name: sorted(set(range(numbers[-1] + 1)) - set(numbers)) for name, numbers in blocks.items()}
+    return [f"{name} {_spans(missing)}" for name, missing in gaps.items() if missing]
+
+
 def inspect_file(path: str | Path) -> LoraReport:
     """Inspect any LoRA ``.safetensors`` file; bad input raises a one-line StudioError."""
     path = Path(path)
@@ -191,9 +233,15 @@ def inspect_file(path: str | Path) -> LoraReport:
         modules.setdefault(key.label, _Module(key)).shapes[key.role] = info["shape"]
     family, evidence = guess_family(list(modules.values()), header.metadata)
     labels = Counter(module.shown_component for module in modules.values())
-    if family == "SDXL" and "te" in labels:
-        labels["te1"] = labels.pop("te")
-    ranks = {rank for module in modules.values() if (rank := _rank(module)) is not None}
+    if family in ("SDXL", *_FLOW) and "te" in labels:
+        labels["te1"] = labels.pop("te")  # sd-scripts' lora_te1: CLIP-L
+    if family in _FLOW and "unet" in labels:
+        labels["transformer"] = labels.get("transformer", 0) + labels.pop("unet")  # lora_unet_ names it
+    blocks = flow_blocks(modules, _FLOW[family]) if family in _FLOW else {}
+    # A fused kohya module (q, k, v [, MLP] in one) has the parts' ranks summed when written block-diagonally.
+    fused = {name for name in modules if family in _FLOW and name.endswith(("_qkv", "_linear1"))}
+    ranks = {rank for name, module in modules.items() if name not in fused and (rank := _rank(module))}
+    fused_ranks = {rank for name in fused if (rank := _rank(modules[name]))}
     alpha_keys = [name for name, key, _ in parsed if key.role == "alpha"]
     alphas = _scalars(path, alpha_keys) if alpha_keys else _config_alphas(header.metadata)
     return LoraReport(
@@ -204,11 +252,14 @@ def inspect_file(path: str | Path) -> LoraReport:
         family_evidence=evidence,
         modules=dict(sorted(labels.items())),
         ranks=sorted(ranks),
+        fused_ranks=sorted(fused_ranks),
         alphas=alphas,
         dtypes=dict(sorted(Counter(info["dtype"] for info in header.tensors.values()).items())),
         tensor_count=len(header.tensors),
         metadata=dict(sorted(header.metadata.items())),
         top_tags=top_tags(header.metadata),
+        blocks=blocks,
+        absent_blocks=absent_blocks(blocks),
     )
 
 
@@ -245,7 +296,14 @@ def format_report(report: LoraReport) -> str:
         f"base:     {report.family} ({report.family_evidence})",
         f"modules:  {total}"
         + (f" ({', '.join(f'{c} {n}' for c, n in report.modules.items())})" if total else ""),
-        f"rank:     {_range(report.ranks)}",
+        *(
+            [f"blocks:   {'; '.join(f'{name} {_spans(ns)}' for name, ns in report.blocks.items())}"]
+            if report.blocks
+            else []
+        ),
+        *([f"absent:   {'; '.join(report.absent_blocks)}"] if report.absent_blocks else []),
+        f"rank:     {_range(report.ranks)}"
+        + (f" (fused qkv / linear1 modules: {_range(report.fused_ranks)})" if report.fused_ranks else ""),
         f"alpha:    {_range(report.alphas) if report.alphas else 'none (scale 1: alpha = rank)'}",
         f"dtype:    {', '.join(f'{d} ×{n}' for d, n in report.dtypes.items()) or 'none'}",
         f"tensors:  {report.tensor_count}",

@@ -133,13 +133,13 @@ def kohya_name(ref: ModuleRef, family: ModelFamily, unet_config: Any) -> str:
 
 
 def adaptable_modules(components: dict[str, Any], family: ModelFamily) -> list[ModuleRef]:
-    """Every Linear and Conv2d of the UNet and text encoders (the layers a LoRA can touch).
+    """Every Linear and Conv2d of the denoiser and text encoders (the layers a LoRA can touch).
 
     A layer peft has wrapped counts once, as its base layer, under its own path; peft's
     sublayers (``base_layer``, ``lora_A.<adapter>``...) are not layers of the base model.
     """
     refs = []
-    for component in ("unet", *family.text_encoder_names):
+    for component in (family.denoiser, *family.text_encoder_names):
         model = components.get(component)
         if model is None:
             continue
@@ -156,7 +156,10 @@ def adaptable_modules(components: dict[str, Any], family: ModelFamily) -> list[M
 
 
 def kohya_module_index(components: dict[str, Any], family: ModelFamily) -> dict[str, ModuleRef]:
-    """kohya module name -> layer, for every adaptable layer of the base."""
+    """kohya module name -> layer, for every adaptable layer of a UNet base.
+
+    The flow families' fused modules cover several layers: ``studio.adapters.flow.flow_kohya_index``.
+    """
     unet_config = components["unet"].config
     index: dict[str, ModuleRef] = {}
     for ref in adaptable_modules(components, family):

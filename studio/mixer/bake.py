@@ -13,6 +13,10 @@ Frobenius error it costs is reported per layer and overall.
 DoRA has no exact bake: its update m ⊙ (W0 + BA)/‖W0 + BA‖ − W0 rescales every row of W0,
 so it is full rank in general, and a kohya file holds no magnitude to carry it. An exact
 bake refuses it; svd bakes Σ cᵢ·Dᵢ with each Dᵢ taken on the unpatched base (``originals``).
+
+The file is the family's kohya file (``Family.save_kohya_file``): SD3.5 and Flux blends are
+written on their original fused layout, the split layers' factors assembled exactly (an svd
+module's error is then over all of its parts).
 """
 
 from __future__ import annotations
@@ -31,8 +35,7 @@ from torch import Tensor
 from studio.adapters.adapter import LayerKey
 from studio.adapters.layers import DoraDelta, LoraDelta, delta_on
 from studio.errors import StudioError
-from studio.formats.kohya import save_kohya
-from studio.formats.kohya_names import ModuleRef, kohya_name
+from studio.formats.kohya_names import ModuleRef
 from studio.formats.metadata import (
     base_model_version,
     metadata_resolution,
@@ -186,9 +189,9 @@ def bake_blend(
     wanted = blend_terms(items, layers_per_block(components))
     if not wanted:
         raise StudioError("nothing to bake: every adapter is disabled or at weight 0")
-    unet_config = components["unet"].config
+    denoiser_config = components[family.denoiser].config
     lora: dict[LayerKey, LoraTensors] = {}
-    errors: dict[str, float] = {}
+    module_error: dict[str, tuple[float, float]] = {}  # kohya module -> (squared residual, squared norm)
     residual_total = norm_total = 0.0
     for key, terms in sorted(wanted.items()):
         component, path = key
@@ -202,11 +205,13 @@ def bake_blend(
             base = weight.detach() if originals is None else originals(key)
             delta = _svd_delta(key, terms, base, device)
             down, up, residual, norm = _svd_factors(delta, rank)
-            name = kohya_name(ModuleRef(component, path, None), family, unet_config)
-            errors[name] = math.sqrt(residual / norm) if norm > 0 else 0.0
+            name = family.kohya_name(ModuleRef(component, path, None), denoiser_config)
+            before = module_error.get(name, (0.0, 0.0))
+            module_error[name] = (before[0] + residual, before[1] + norm)
             residual_total, norm_total = residual_total + residual, norm_total + norm
         lora[key] = LoraTensors(down=down.cpu(), up=up.cpu(), alpha=float(down.shape[0]))
 
+    errors = {name: math.sqrt(r / n) if n > 0 else 0.0 for name, (r, n) in module_error.items()}
     ranks = {tensors.rank for tensors in lora.values()}
     rank_text = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
     overall = math.sqrt(residual_total / norm_total) if norm_total > 0 else 0.0
@@ -223,5 +228,5 @@ def bake_blend(
     }
     if method == "svd":
         metadata["studio.bake_relative_error"] = f"{overall:.6g}"
-    save_kohya(out, lora, components, family, metadata, dtype=dtype)
+    family.save_kohya_file(out, lora, components, metadata, dtype=dtype)
     return BakeReport(out, method, len(lora), rank_text, errors, overall)

@@ -4,24 +4,28 @@ For layer ℓ the blend's update is ΔW_ℓ = Σᵢ cᵢ,ℓ · ΔWᵢ,ℓ, wher
 update (its alpha/rank scale included) and cᵢ,ℓ = weight × component strength × block
 weight × LoRA-Block-Weight ratio (``lbw``, A1111's vectors: see ``studio.mixer.lbw``).
 Block weights apply to every UNet layer inside the block (attention, resnets,
-up/down-samplers), unlike diffusers' ``set_adapters`` which scales attention only.
+up/down-samplers), unlike diffusers' ``set_adapters`` which scales attention only. Blocks are
+the adapter's family's (``Family.layer_group``): down / mid / up for a UNet, double / single
+for Flux's transformer, double for SD3's joint blocks; the ``unet`` strength is the denoiser's,
+UNet or transformer.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from studio.adapters.adapter import Adapter, LayerKey
 from studio.errors import StudioError
 from studio.mixer.lbw import block_index, parse_lbw
 
-_BLOCK_KEY = re.compile(r"^(down|up)(\.\d+)?$|^mid$")
+_BLOCK_KEY = re.compile(r"^(down|up|double|single)(\.\d+)?$|^mid$")
 _UNET_BLOCK = re.compile(r"^(down|up)_blocks\.(\d+)\.|^(mid)_block\.")
 
 Terms = tuple[tuple[Adapter, float], ...]  # (adapter, coefficient) for one layer, in blend order
+Grouping = Callable[[str, str], "tuple[str, str | None] | None"]  # Family.layer_group
 
 
 def unet_block(path: str) -> tuple[str, str | None] | None:
@@ -38,8 +42,9 @@ def unet_block(path: str) -> tuple[str, str | None] | None:
 class AdapterWeights:
     """Slider state of one adapter in a blend (JSON-friendly; stored in recipes).
 
-    ``blocks`` scales UNet groups: ``{"down": 1.0, "mid": 0.5, "up": 0.0}``; a numbered key
-    (``"up.1"``) overrides its group. Layers outside the blocks (``conv_in``, time
+    ``blocks`` scales denoiser groups: ``{"down": 1.0, "mid": 0.5, "up": 0.0}`` (a flow
+    transformer: ``{"double": 1.0, "single": 0.5}``); a numbered key (``"up.1"``,
+    ``"single.7"``) overrides its group. Layers outside the blocks (``conv_in``, time
     embedding, ``conv_out``) and unlisted groups keep weight 1. ``lbw`` is an A1111 LoRA Block
     Weight preset or vector (text, kept as typed); it multiplies on top of ``blocks``.
     """
@@ -58,20 +63,27 @@ class AdapterWeights:
                 raise StudioError(f"adapter weights must be finite numbers, got {value!r}")
         bad = [key for key in self.blocks if not _BLOCK_KEY.match(key)]
         if bad:
-            raise StudioError(f"unknown UNet block {bad[0]!r}: use down, mid, up or down.N / up.N")
+            raise StudioError(
+                f"unknown UNet block {bad[0]!r}: use down, mid, up or down.N / up.N "
+                "(SD3.5 and Flux transformers: double, single, double.N / single.N)"
+            )
         object.__setattr__(self, "blocks", {k: float(v) for k, v in self.blocks.items()})
         object.__setattr__(self, "lbw", str(self.lbw or "").strip())
         object.__setattr__(self, "_lbw_ratios", parse_lbw(self.lbw))
 
-    def coefficient(self, component: str, path: str, layers_per_block: int = 2) -> float:
-        """cᵢ,ℓ for one layer of this adapter (``layers_per_block`` of the UNet numbers LBW's blocks)."""
+    def coefficient(
+        self, component: str, path: str, layers_per_block: int = 2, group: Grouping | None = None
+    ) -> float:
+        """cᵢ,ℓ for one layer of this adapter (``layers_per_block`` of the UNet numbers LBW's blocks;
+        ``group``: the adapter family's ``layer_group``, a UNet's blocks when None)."""
         if not self.enabled:
             return 0.0
-        strength = self.unet if component == "unet" else self.text_encoder
+        strength = self.text_encoder if component.startswith("text_encoder") else self.unet
         coefficient = self.weight * strength
-        if component == "unet" and self.blocks and (block := unet_block(path)):
-            group, numbered = block
-            coefficient *= self.blocks.get(numbered, self.blocks.get(group, 1.0))
+        block = group(component, path) if group else unet_block(path) if component == "unet" else None
+        if self.blocks and block:
+            group_name, numbered = block
+            coefficient *= self.blocks.get(numbered, self.blocks.get(group_name, 1.0))
         if (
             self._lbw_ratios is not None
             and (index := block_index(component, path, layers_per_block)) is not None
@@ -100,8 +112,14 @@ def blend_terms(items: Sequence[BlendItem], layers_per_block: int = 2) -> dict[L
     """Per layer, the non-zero (adapter, coefficient) terms of the blend."""
     terms: dict[LayerKey, list[tuple[Adapter, float]]] = {}
     for item in items:
+        family = item.adapter.family
+        if item.weights.lbw and family.denoiser != "unet":
+            raise StudioError(
+                f"LoRA Block Weight vectors number UNet blocks; {family.display_name} adapter "
+                f"{item.adapter.name!r} takes block weights double / single instead"
+            )
         for key in item.adapter.layers:
-            coefficient = item.weights.coefficient(*key, layers_per_block)
+            coefficient = item.weights.coefficient(*key, layers_per_block, family.layer_group)
             if coefficient != 0.0:
                 terms.setdefault(key, []).append((item.adapter, coefficient))
     return {key: tuple(value) for key, value in terms.items()}

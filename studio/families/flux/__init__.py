@@ -74,6 +74,7 @@ class FluxFamily(FlowMatchingFamily):
     modelspec_id = "flux-1-dev"
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
     base_model_version = "flux1"
+    default_guidance = GUIDANCE_SCALE  # dev's distilled guidance, FluxPipeline's default (schnell ignores it)
 
     @property
     def pipeline_class(self) -> type:
@@ -98,6 +99,21 @@ class FluxFamily(FlowMatchingFamily):
 
     def is_dev(self, transformer: Any) -> bool:
         return bool(transformer.config.guidance_embeds)
+
+    def adapter_mismatch(self, metadata: dict[str, str], components: dict[str, Any]) -> str | None:
+        """schnell vs dev, from ``modelspec.architecture``: same layers and shapes, different distillations."""
+        architecture = metadata.get("modelspec.architecture", "")
+        made = next((v for v in ("dev", "schnell") if architecture.startswith(f"flux-1-{v}")), None)
+        base = "dev" if self.is_dev(components["transformer"]) else "schnell"
+        if made is None or made == base:
+            return None
+        embedder = "has" if base == "dev" else "lacks"
+        return (
+            f"made for Flux.1-{made} (its modelspec.architecture) but the base is Flux.1-{base} (it {embedder} "
+            "the guidance embedder, time_text_embed.guidance_embedder / BFL's guidance_in); the two share "
+            "every adapted layer's shape, so it loads, but it learnt the other model's distillation and "
+            f"may look wrong: pick a Flux.1-{made} base"
+        )
 
     def encode_text(self, components: dict[str, Any], captions: list[str], device: Any) -> TextEmbeddings:
         _, pooled = clip_embeddings(components["text_encoder"], components["tokenizer"], captions, device)
