@@ -28,7 +28,8 @@ def checkpoint(path: Path, *keys: str) -> Path:
 def fake_hub_repo(cache: Path, repo_id: str, source: Path) -> None:
     """``models--owner--name`` with blobs, a snapshot of symlinks and ``refs/main``, as the hub client writes."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
-    for rel in ("model_index.json", "unet/config.json"):
+    denoiser = "unet" if (source / "unet").is_dir() else "transformer"
+    for rel in ("model_index.json", f"{denoiser}/config.json"):
         data = (source / rel).read_bytes()
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
         blob.parent.mkdir(parents=True, exist_ok=True)
@@ -117,3 +118,26 @@ def test_a_download_without_network_says_the_same(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(StudioError, match=r"cannot download 'someone/big-model': this machine is offline"):
         models.download("someone/big-model")
+
+
+def test_the_picker_knows_the_flow_families_from_folders_checkpoints_and_the_hub(ws, tmp_path):
+    """SD3.5 and Flux folders are told by their transformer config (built on the meta device),
+    single files by their SAI / BFL keys, hub snapshots like folders."""
+    from studio.families import get_family
+
+    for family in ("flux", "sd3"):
+        get_family(family).build_tiny().save_pretrained(tmp_path / family, safe_serialization=True)
+    shutil.copytree(tmp_path / "flux", ws.models / "tiny-flux")
+    fake_hub_repo(tmp_path / "hf" / "hub", "someone/tiny-sd3", tmp_path / "sd3")
+    checkpoint(ws.models / "flux1.safetensors", "double_blocks.0.img_attn.qkv.weight")
+    checkpoint(ws.models / "sd35.safetensors", "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight")
+    (ws.models / "odd").mkdir()
+    (ws.models / "odd" / "model_index.json").write_text('{"transformer": ["diffusers", "os"]}')
+    (ws.models / "odd" / "transformer").mkdir()
+    (ws.models / "odd" / "transformer" / "config.json").write_text("{}")
+    listed = {e.value: (e.family, e.note) for e in models.list_models(ws)}
+    assert listed["models/tiny-flux"] == ("flux", "")
+    assert listed["hub:someone/tiny-sd3"] == ("sd3", "")
+    assert listed["models/flux1.safetensors"] == ("flux", "")
+    assert listed["models/sd35.safetensors"] == ("sd3", "")
+    assert listed["models/odd"] == (None, "unreadable")  # a class that is no diffusers model

@@ -201,3 +201,25 @@ def test_sd_schedule_and_clip_options_are_refused_in_one_line(tiny, tmp_path, op
     with pytest.raises(StudioError, match=f"{flag} does not apply to {FAMILY.display_name}"):
         train(config, base=base)
     assert not (tmp_path / "s.safetensors").exists()
+
+
+@pytest.mark.parametrize("name, family", [("Style (Flux.1-dev)", FLUX), ("Style (SD3.5)", SD3)])
+def test_the_flow_style_presets_train_their_family(name, family, tmp_path):
+    """Each flow preset, shrunk to a few tiny steps, trains its family with its memory switches
+    (parked encoders, fp8 base where it says so) and writes the family's kohya file."""
+    from studio.presets import PRESETS
+
+    preset = PRESETS[name]
+    assert preset.family == family.id and "GiB" in preset.description
+    dataset = make_demo_dataset(tmp_path / "data", count=2)
+    base = BaseModel(family.build_tiny(0), family, "epsilon", "tiny")
+    config = preset.apply(
+        data=str(dataset), output=str(tmp_path / "style.safetensors"), resolution=64, steps=2,
+        sample_every=0, checkpoint_every=0, warmup_steps=0, mixed_precision="no",
+    )  # fmt: skip
+    result = train(config, base=base)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    metadata = read_header(result.outputs[0]).metadata
+    assert metadata["ss_fp8_base"] == str(preset.values.get("fp8_base", False))
+    assert metadata["ss_base_model_version"] == family.base_model_version
+    assert result.base.components[family.t5[0]].device.type == "cpu"  # T5 parked

@@ -20,7 +20,7 @@ python -m pip install -q --no-cache-dir --upgrade -e ".[test]" || { echo "drift:
 python -m pip freeze --all --exclude-editable | grep -v -E "^(pip|torch)==" | sort -f >"$DRIFT/freeze.txt"
 
 echo "== versions (newest allowed) that differ from the lock, tools/constraints.txt =="
-diff <(grep -v '^#' tools/constraints.txt) "$DRIFT/freeze.txt" | grep '^[<>]' || echo "(none: the lock is the newest)"
+{ diff <(grep -v '^#' tools/constraints.txt) "$DRIFT/freeze.txt" || true; } | grep '^[<>]' || echo "(none: the lock is the newest)"
 python - <<'PY'
 from importlib.metadata import version
 names = "torch diffusers transformers peft accelerate huggingface-hub safetensors tokenizers gradio".split()

@@ -51,13 +51,30 @@ def _stand_in(config: dict[str, Any]) -> SimpleNamespace:
     return SimpleNamespace(config=SimpleNamespace(**config))
 
 
+def _meta_transformer(class_name: str, config: dict[str, Any]) -> Any:
+    """A flow transformer built from its config on the meta device: the class and config the
+    families detect, without a byte of weights."""
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise StudioError(f"unknown transformer class {class_name!r}")
+    try:
+        with torch.device("meta"):
+            return cls.from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise StudioError(f"unusable {class_name} config ({exc})") from None
+
+
 def folder_family(folder: Path) -> str:
     """The family of a diffusers folder from its configs alone (no weights read)."""
     from studio.families import detect_family
 
+    denoiser = "unet" if (folder / "unet").is_dir() else "transformer"
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / denoiser / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StudioError(f"unreadable model config ({type(exc).__name__})", path=folder) from None
     components: dict[str, Any] = {
@@ -65,7 +82,10 @@ def folder_family(folder: Path) -> str:
         for name, spec in index.items()
         if not name.startswith("_") and isinstance(spec, list) and spec[0]
     }
-    components["unet"] = _stand_in(unet)
+    if denoiser == "unet":
+        components["unet"] = _stand_in(config)
+    else:
+        components["transformer"] = _meta_transformer(str(index.get("transformer", ["", ""])[1]), config)
     return detect_family(components).id
 
 
