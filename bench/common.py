@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from studio.formats.kohya import base_layer, layer_shapes, save_kohya
+from studio.formats.kohya import base_layer, layer_shapes
 from studio.lora.targets import all_targets
 from studio.lora.tensors import LoraTensors
 from studio.models.configs import build_components, full_size_model
@@ -28,10 +28,48 @@ from studio.models.tokenizer import build_tokenizer
 T = TypeVar("T")
 
 
+def build_flow_pipeline(model: str, device: str, dtype: torch.dtype, seed: int = 0) -> Any:
+    """A full-size SD3.5 / Flux.1 pipeline (``FLOW_FULL_SIZE`` key) with random weights on ``device``.
+
+    Tokenizers are the studio's small offline ones, T5's padded to 512 tokens as Flux-dev's is.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
+
+    from studio.models.flow_configs import FLOW_FULL_SIZE, build_flow_components
+    from studio.models.tiny_flow import build_t5_tokenizer
+
+    torch.manual_seed(seed)
+    components = build_flow_components(model, device, dtype, with_vae=True)
+    components["vae"].to(torch.float32)
+    t5 = build_t5_tokenizer(max_length=512)
+    if FLOW_FULL_SIZE[model].family == "flux":
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096,
+        )  # fmt: skip
+        pipe = FluxPipeline(scheduler=scheduler, tokenizer=build_tokenizer(), tokenizer_2=t5, **components)
+    else:
+        pipe = StableDiffusion3Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            tokenizer=build_tokenizer(), tokenizer_2=build_tokenizer(), tokenizer_3=t5, **components,
+        )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def build_pipeline(model: str, device: str, dtype: torch.dtype, seed: int = 0) -> Any:
-    """``model`` is a key of ``studio.models.configs.FULL_SIZE`` ("sd15", "sdxl"...) or "tiny-<family>"."""
+    """``model`` is a key of ``studio.models.configs.FULL_SIZE`` ("sd15", "sdxl"...), of
+    ``studio.models.flow_configs.FLOW_FULL_SIZE`` ("flux1-dev", "sd35-large"...) or "tiny-<family>"."""
+    from studio.models.flow_configs import FLOW_FULL_SIZE
+
+    if model in FLOW_FULL_SIZE:
+        return build_flow_pipeline(model, device, dtype, seed)
     if model.startswith("tiny-"):
-        pipe = build_tiny_pipeline(ModelFamily(model.removeprefix("tiny-")), seed).to(device, dtype)
+        family = ModelFamily(model.removeprefix("tiny-"))
+        pipe = (
+            family.build_tiny(seed) if family.denoiser == "transformer" else build_tiny_pipeline(family, seed)
+        )
+        pipe = pipe.to(device, dtype)
     else:
         torch.manual_seed(seed)
         components = build_components(model, device, dtype, with_vae=True)
@@ -83,7 +121,7 @@ def write_random_loras(
                 lora[(component, path)] = LoraTensors(down, up, alpha=rank / 2)
         metadata = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2), "studio.layers": preset}
         file = directory / f"style_{i}.safetensors"
-        paths.append(save_kohya(file, lora, pipe.components, family, metadata))
+        paths.append(ModelFamily(family).save_kohya_file(file, lora, pipe.components, metadata))
     return paths
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import peak_gib, reset_peak
+from common import build_flow_pipeline, peak_gib, reset_peak
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig, inject_adapter_in_model
 from train_bench import load_images, write_dataset
@@ -40,6 +40,7 @@ from train_bench import load_images, write_dataset
 from studio.config import TrainConfig
 from studio.families import DenoiserInput, get_family
 from studio.lora.targets import all_targets
+from studio.models.flow_configs import FLOW_FULL_SIZE
 from studio.models.loader import BaseModel
 from studio.training.encoding import encode_latents
 from studio.training.recipe import StepEvent, train
@@ -71,40 +72,14 @@ def parse_rows(text: str) -> list[Row]:
 
 def build_base(model: str, device: str) -> BaseModel:
     """A full-size flow pipeline with random weights, drawn on ``device`` and left on the CPU."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
-
-    from studio.models.flow_configs import FLOW_FULL_SIZE, build_flow_components
-    from studio.models.tiny_flow import build_t5_tokenizer
-    from studio.models.tokenizer import build_tokenizer
-
     if model.startswith("tiny-"):
         family = get_family(model.removeprefix("tiny-"))
-        pipe = family.build_tiny()
-        return BaseModel(pipe, family, "flow", model)
-    torch.manual_seed(0)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    components = build_flow_components(model, device, dtype, with_vae=True)
-    for part in components.values():
-        part.to("cpu")
-    spec = FLOW_FULL_SIZE[model]
-    family = get_family(spec.family)
-    clip = build_tokenizer()
-    if spec.family == "flux":
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-            base_image_seq_len=256, max_image_seq_len=4096,
-        )  # fmt: skip
-        pipe = FluxPipeline(
-            scheduler=scheduler, tokenizer=clip, tokenizer_2=build_t5_tokenizer(max_length=512), **components
-        )
-    else:
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-        pipe = StableDiffusion3Pipeline(
-            scheduler=scheduler, tokenizer=clip, tokenizer_2=build_tokenizer(),
-            tokenizer_3=build_t5_tokenizer(max_length=512), **components,
-        )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    return BaseModel(pipe, family, "flow", model)
+        return BaseModel(family.build_tiny(), family, "flow", model)
+    pipe = build_flow_pipeline(model, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    for part in pipe.components.values():
+        if isinstance(part, torch.nn.Module):
+            part.to("cpu")
+    return BaseModel(pipe, get_family(FLOW_FULL_SIZE[model].family), "flow", model)
 
 
 def reference_loop(base: BaseModel, images: torch.Tensor, captions: list[str], row: Row, args) -> list[float]:

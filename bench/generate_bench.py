@@ -87,7 +87,7 @@ class Bench:
             negative="blurry",
             seed=7,
             steps=args.steps,
-            guidance=7.0,
+            guidance=3.5 if self.family.id == "flux" else 7.0,  # Flux-dev: its distilled guidance
             width=args.size,
             height=args.size,
         )
@@ -397,7 +397,11 @@ def print_tables(results: Results) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="sd15", help="sd15, sd21, sdxl, or tiny-sd1 / tiny-sdxl")
+    parser.add_argument(
+        "--model",
+        default="sd15",
+        help="sd15, sd21, sdxl, flux1-dev, sd35-large..., or tiny-sd1 / tiny-sdxl / tiny-flux",
+    )
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny-sd1, fp32, 2 steps, rank 4")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
