@@ -223,3 +223,48 @@ def test_the_flow_style_presets_train_their_family(name, family, tmp_path):
     assert metadata["ss_fp8_base"] == str(preset.values.get("fp8_base", False))
     assert metadata["ss_base_model_version"] == family.base_model_version
     assert result.base.components[family.t5[0]].device.type == "cpu"  # T5 parked
+
+
+@pytest.mark.slow
+def test_a_bfl_single_file_loads_with_a_config_folder(tmp_path):
+    """A transformer-only BFL file (as flux1-dev.safetensors ships) plus a diffusers folder for the
+    rest loads through diffusers' converter to the same weights. diffusers hard-codes Flux.1's
+    width (3072) there, so the transformer is full width with one block of each kind (~0.5 B)."""
+    from bfl_checkpoint import save_bfl_flux
+    from diffusers import FluxTransformer2DModel
+
+    tiny_pipe = FAMILY.build_tiny(0)
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    ).to(torch.bfloat16)  # fmt: skip
+    tiny_pipe.transformer = transformer
+    tiny_pipe.register_modules(transformer=transformer)
+    folder = tmp_path / "flux-config"
+    tiny_pipe.save_pretrained(folder, safe_serialization=True)
+    for weights in (folder / "transformer").glob("*.safetensors"):
+        weights.unlink()  # the folder gives configs (and the other parts); the file gives the transformer
+    checkpoint = save_bfl_flux(transformer, tmp_path / "flux1-narrow.safetensors")
+
+    assert family_for_checkpoint(set(read_header(checkpoint).tensors)) is FLUX
+    base = load_base(checkpoint, config=str(folder), dtype=torch.bfloat16)
+    assert base.family is FLUX and FLUX.is_dev(base.components["transformer"])
+    loaded = base.components["transformer"].state_dict()
+    expected = transformer.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+def test_a_transformer_only_file_without_a_config_asks_for_one(tmp_path):
+    from safetensors.torch import save_file
+
+    from studio.errors import StudioError
+
+    path = tmp_path / "flux1-dev.safetensors"
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2)}, str(path))
+    with pytest.raises(StudioError, match="holds the transformer only") as caught:
+        load_base(path)
+    assert "--base-config" in caught.value.hint and "black-forest-labs/FLUX.1-dev" in caught.value.hint
+    assert caught.value.path == str(path)

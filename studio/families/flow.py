@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -58,6 +59,34 @@ class FlowMatchingFamily(Family):
     # Generation: the pipeline's own flow-matching Euler, from its scheduler config (SD3's fixed
     # ``shift``, Flux-dev's resolution-dependent one); DDPM samplers do not apply.
     samplers = ("flow-euler",)
+    transformer_class_name: ClassVar[str]  # the diffusers model class of the transformer
+    hub_id: ClassVar[str]  # where its diffusers configs live, for the hint of a transformer-only file
+
+    def load_single_file(self, path: Path, **kwargs: Any) -> Any:
+        """BFL's and SAI's files mostly hold the transformer alone (``flux1-dev.safetensors``): it
+        comes from the file, the rest (text encoders, tokenizers, VAE, scheduler) from ``config``,
+        a diffusers folder or hub id of the same model. A file with a VAE in it is a whole pipeline
+        for diffusers' own single-file loader."""
+        import diffusers
+
+        from studio.errors import StudioError
+        from studio.formats.safetensors_io import read_header
+
+        if any(key.startswith(("vae.", "first_stage_model.")) for key in read_header(path).tensors):
+            return super().load_single_file(path, **kwargs)
+        config = kwargs.pop("config", None)
+        if config is None:
+            raise StudioError(
+                f"this {self.display_name} file holds the transformer only",
+                path=path,
+                hint=f"pass --base-config with a diffusers folder or hub id of the model (e.g. {self.hub_id}) "
+                "for its text encoders and VAE",
+            )
+        transformer_class = getattr(diffusers, self.transformer_class_name)
+        transformer = transformer_class.from_single_file(
+            str(path), config=config, subfolder="transformer", **kwargs
+        )
+        return self.pipeline_class.from_pretrained(config, transformer=transformer, **kwargs)
 
     def prompt_arguments(
         self, components: dict[str, Any], prompt: str, negative: str, device: Any, clip_skip: int | None

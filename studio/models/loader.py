@@ -96,6 +96,8 @@ def _convert_single_file(path: Path, family: Any, dtype: torch.dtype, config: st
         kwargs["local_files_only"] = True
     try:
         return family.load_single_file(path, **kwargs)
+    except StudioError:  # the family's own, already one line
+        raise
     except Exception as exc:  # diffusers raises many types here; all mean "could not resolve or convert"
         raise StudioError(
             f"could not load this {family.value} single-file checkpoint ({type(exc).__name__}: {exc})".replace(

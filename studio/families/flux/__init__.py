@@ -63,6 +63,8 @@ def image_ids(h: int, w: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
 
 class FluxFamily(FlowMatchingFamily):
     id = "flux"
+    transformer_class_name = "FluxTransformer2DModel"
+    hub_id = "black-forest-labs/FLUX.1-dev"
     display_name = "Flux.1"
     default_resolution = 1024
     text_encoders = (("text_encoder", "tokenizer"),)  # CLIP-L (kohya lora_te1); T5 stays frozen

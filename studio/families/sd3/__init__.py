@@ -39,6 +39,8 @@ _SAI_JOINT = re.compile(r"(^|\.)joint_blocks\.\d+\.x_block\.attn\.qkv\.weight$")
 
 class SD3Family(FlowMatchingFamily):
     id = "sd3"
+    transformer_class_name = "SD3Transformer2DModel"
+    hub_id = "stabilityai/stable-diffusion-3.5-large"
     display_name = "SD3.5"
     default_resolution = 1024
     text_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))  # CLIP-L, CLIP-G
