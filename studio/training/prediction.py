@@ -21,6 +21,13 @@ def base_as_trained(config: TrainConfig, base: BaseModel) -> BaseModel:
                 path=config.base,
                 hint=f"leave --{name.replace('_', '-')} out",
             )
+    if base.family.denoiser != "unet" and (config.network in ("loha", "lokr") or config.dora):
+        raise StudioError(
+            f"--network {config.network}{' --dora' if config.dora else ''}: "
+            f"{base.family.display_name} adapters are written as plain LoRA files (fused layers)",
+            path=config.base,
+            hint="use --network lora without --dora for this model",
+        )
     if config.v_prediction and base.stated_prediction == "epsilon":
         raise StudioError(
             "--v-prediction, but the base checkpoint's metadata says it predicts noise (epsilon)",

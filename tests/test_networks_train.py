@@ -1,0 +1,86 @@
+"""Each network type end to end on the embedded model and a tiny SD 1.x: it trains, the file says
+what it is (ss_network_module / ss_network_args), and it re-imports and mixes to the trained ΔW."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from test_networks_support import NETWORKS, peft_layers, sd1_kohya_name
+
+from studio import train
+from studio.adapters import load_adapter
+from studio.config import TrainConfig
+from studio.lora.networks import NetworkSpec
+from studio.mixer import BlendEngine, BlendItem
+from studio.models.loader import load_base
+from studio.models.tiny import build_tiny_pipeline
+from studio.samples import make_demo_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), count=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd1(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sd1") / "base"
+    build_tiny_pipeline("sd1").save_pretrained(folder)
+    return str(folder)
+
+
+def _train(dataset, tmp_path, base: str, **overrides):
+    config = TrainConfig(
+        data=str(dataset), output=str(tmp_path / "style.safetensors"), base=base, resolution=64,
+        batch_size=2, rank=4, alpha=2.0, lr=1e-2, steps=1, seed=3, layers="attn", **overrides,
+    )  # fmt: skip
+    return train(config)
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+@pytest.mark.parametrize("base", ["default", "tiny-sd1"])
+def test_each_network_trains_exports_reimports_and_mixes(dataset, tiny_sd1, tmp_path, network, base):
+    result = _train(dataset, tmp_path, tiny_sd1 if base == "tiny-sd1" else "default", network=network)
+    [path] = result.outputs
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    spec = NetworkSpec.from_config(TrainConfig(network=network, rank=4))
+    assert metadata["ss_network_module"] == spec.kohya_module()
+    assert json.loads(metadata["ss_network_args"]) == spec.kohya_args()
+
+    layers = peft_layers(result.base.components)
+    fresh = load_base(tiny_sd1 if base == "tiny-sd1" else "default")
+    adapter = load_adapter(path, fresh.components, fresh.family, strict=True)
+    assert set(adapter.layers) == set(layers)
+    if network == "locon":
+        assert any(key[1].endswith("resnets.0.conv1") for key in adapter.layers)
+    originals = {
+        key: fresh.components[key[0]].get_submodule(key[1]).weight.detach().clone() for key in layers
+    }
+    BlendEngine(fresh.components).set_blend([BlendItem(adapter)])
+    moved = 0
+    for key, layer in layers.items():
+        expected = layer.get_delta_weight("default").detach().float()
+        mixed = fresh.components[key[0]].get_submodule(key[1]).weight.detach().float() - originals[key]
+        # the file is fp16 (the default save precision): factors rounded once
+        assert (mixed - expected).abs().max().item() <= 2e-3 * expected.abs().max().item() + 1e-7, key
+        moved += bool(expected.abs().max() > 0)
+    assert moved > len(layers) // 2  # training moved the adapter (one factor starts at zero)
+
+
+def test_dora_trains_and_exports_its_magnitudes(dataset, tmp_path):
+    result = _train(dataset, tmp_path, "default", dora=True)
+    state = load_file(str(result.outputs[0]))
+    layers = peft_layers(result.base.components)
+    assert sum(key.endswith(".dora_scale") for key in state) == len(layers) > 0
+    for (component, path), layer in layers.items():
+        base = layer.get_base_layer().weight.detach().float()
+        initial = base.reshape(base.shape[0], -1).norm(dim=1)  # peft starts DoRA at the weight's norms
+        trained = layer.lora_magnitude_vector["default"].weight.detach().flatten()
+        assert not torch.allclose(trained, initial, rtol=1e-6, atol=0), path  # trained...
+        exported = state[f"{sd1_kohya_name(component, path)}.dora_scale"]
+        torch.testing.assert_close(exported.flatten(), trained.half())  # ...and exported
