@@ -93,7 +93,9 @@ def lora_parameters(components: dict[str, Any]) -> dict[str, list[torch.nn.Param
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().float().cpu().clone()
+    """An fp32 CPU copy; a meta tensor (full-size shape checks) stays a meta tensor."""
+    tensor = tensor.detach().float()
+    return tensor if tensor.is_meta else tensor.cpu().clone()
 
 
 def layer_tensors(module: BaseTunerLayer, adapter: str = ADAPTER) -> AdapterTensors | None:
