@@ -19,7 +19,7 @@ from studio.cli import main
 from studio.config import TrainConfig
 from studio.errors import StudioError
 from studio.formats.kohya import save_kohya
-from studio.lora.inject import extract_lora, inject_network
+from studio.lora.inject import extract_lora, inject_network, set_lora_enabled
 from studio.lora.networks import NetworkSpec
 from studio.lora.targets import conv_block_targets
 from studio.mixer import BlendEngine, BlendItem
@@ -195,3 +195,31 @@ def test_conv_rank_on_a_denoiser_without_resnet_convs_is_one_clear_error():
     assert conv_block_targets(pipe.components["transformer"]) == ([], [])
     with pytest.raises(StudioError, match="has no ResNet convolutions"):
         inject_network(pipe.components, FLUX, NetworkSpec("locon", 2, 2.0, 2, 2.0), "cross-attn", False)
+
+
+@pytest.mark.parametrize("name", ["loha", "lokr", "dora"])
+def test_switching_the_adapter_off_gives_the_bare_base_for_every_type(name):
+    spec = NetworkSpec("locon", 4, 3.0, 2, 1.5, dora=True) if name == "dora" else SPECS[name]
+    pipe, _ = trained_like(ModelFamily.SD1, spec)
+    bare = build_tiny_pipeline(ModelFamily.SD1, seed=0).unet
+    unet = pipe.unet
+    sample, hidden = torch.randn(1, 4, 16, 16), torch.randn(1, 4, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        reference = bare(sample, 10, hidden).sample
+        set_lora_enabled(unet, False)
+        off = unet(sample, 10, hidden).sample
+        set_lora_enabled(unet, True)
+        on = unet(sample, 10, hidden).sample
+    torch.testing.assert_close(off, reference)
+    assert (on - reference).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("overrides", [{"network": "loha"}, {"dora": True}])
+def test_flow_families_refuse_lycoris_and_dora_in_one_line(overrides):
+    from studio.families import FLUX
+    from studio.models.loader import BaseModel
+    from studio.training.prediction import base_as_trained
+
+    base = BaseModel(FLUX.build_tiny(0), FLUX, "epsilon", "tiny")
+    with pytest.raises(StudioError, match="written as plain LoRA files"):
+        base_as_trained(TrainConfig(**overrides), base)

@@ -33,12 +33,16 @@ def tiny_sd1(tmp_path_factory):
     return str(folder)
 
 
-def _train(dataset, tmp_path, base: str, **overrides):
-    config = TrainConfig(
+def _config(dataset, tmp_path, base: str, **overrides) -> TrainConfig:
+    values = dict(
         data=str(dataset), output=str(tmp_path / "style.safetensors"), base=base, resolution=64,
-        batch_size=2, rank=4, alpha=2.0, lr=1e-2, steps=1, seed=3, layers="attn", **overrides,
+        batch_size=2, rank=4, alpha=2.0, lr=1e-2, steps=1, seed=3, layers="attn",
     )  # fmt: skip
-    return train(config)
+    return TrainConfig(**{**values, **overrides})
+
+
+def _train(dataset, tmp_path, base: str, **overrides):
+    return train(_config(dataset, tmp_path, base, **overrides))
 
 
 @pytest.mark.parametrize("network", NETWORKS)
@@ -84,3 +88,24 @@ def test_dora_trains_and_exports_its_magnitudes(dataset, tmp_path):
         assert not torch.allclose(trained, initial, rtol=1e-6, atol=0), path  # trained...
         exported = state[f"{sd1_kohya_name(component, path)}.dora_scale"]
         torch.testing.assert_close(exported.flatten(), trained.half())  # ...and exported
+
+
+def test_a_lycoris_run_resumes_exactly_with_previews(dataset, tiny_sd1, tmp_path):
+    """Checkpoints hold any type's parameters; previews switch the adapter as for LoRA."""
+    extra = dict(steps=2, network="lokr", conv_rank=2, sample_every=2, sample_steps=1, sample_prompts=["a"])
+    straight = _train(dataset, tmp_path / "a", tiny_sd1, **extra)
+
+    def crash_at_step_1(event):
+        if event.step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            _config(dataset, tmp_path / "b", tiny_sd1, checkpoint_every=1, **extra), on_step=crash_at_step_1
+        )
+    resumed = _train(dataset, tmp_path / "b", tiny_sd1, resume=str(tmp_path / "b" / "style-run"), **extra)
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-5)
+    a, b = load_file(str(straight.outputs[0])), load_file(str(resumed.outputs[0]))
+    assert a.keys() == b.keys() and any(".lokr_w2_a" in key for key in a)
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), rtol=1e-3, atol=1e-5)
