@@ -18,6 +18,7 @@ from studio.adapters import load_adapter
 from studio.cli import main
 from studio.config import TrainConfig
 from studio.errors import StudioError
+from studio.formats.diffusers_format import save_diffusers_lora
 from studio.formats.kohya import save_kohya
 from studio.lora.inject import extract_lora, inject_network, set_lora_enabled
 from studio.lora.networks import NetworkSpec
@@ -49,8 +50,14 @@ def trained_like(family: ModelFamily, spec: NetworkSpec, seed: int = 0):
     return pipe, layers
 
 
-@pytest.mark.parametrize("family", [ModelFamily.SD1, ModelFamily.SDXL], ids=lambda f: f.value)
-@pytest.mark.parametrize("name", list(SPECS))
+# SD 1.x for every type; SDXL (two text encoders, SGM names) for the LyCORIS types.
+ROUND_TRIPS = [(ModelFamily.SD1, name) for name in SPECS] + [
+    (ModelFamily.SDXL, "loha"),
+    (ModelFamily.SDXL, "lokr"),
+]
+
+
+@pytest.mark.parametrize(("family", "name"), ROUND_TRIPS, ids=lambda v: getattr(v, "value", v))
 def test_each_network_round_trips_through_the_studio_loader_and_the_mixer(tmp_path, family, name):
     spec = SPECS[name]
     pipe, layers = trained_like(family, spec)
@@ -199,19 +206,22 @@ def test_conv_rank_on_a_denoiser_without_resnet_convs_is_one_clear_error():
 
 @pytest.mark.parametrize("name", ["loha", "lokr", "dora"])
 def test_switching_the_adapter_off_gives_the_bare_base_for_every_type(name):
+    """Previews run the base with ``set_lora_enabled(model, False)``: every type's layers obey it."""
     spec = NetworkSpec("locon", 4, 3.0, 2, 1.5, dora=True) if name == "dora" else SPECS[name]
-    pipe, _ = trained_like(ModelFamily.SD1, spec)
-    bare = build_tiny_pipeline(ModelFamily.SD1, seed=0).unet
-    unet = pipe.unet
-    sample, hidden = torch.randn(1, 4, 16, 16), torch.randn(1, 4, unet.config.cross_attention_dim)
+    pipe, layers = trained_like(ModelFamily.SD1, spec)
+    linear = layers[("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q")]
+    conv = layers[("unet", "down_blocks.0.resnets.0.conv1")]
+    inputs = [
+        (linear, torch.randn(2, linear.get_base_layer().in_features)),
+        (conv, torch.randn(1, conv.get_base_layer().in_channels, 8, 8)),
+    ]
     with torch.no_grad():
-        reference = bare(sample, 10, hidden).sample
-        set_lora_enabled(unet, False)
-        off = unet(sample, 10, hidden).sample
-        set_lora_enabled(unet, True)
-        on = unet(sample, 10, hidden).sample
-    torch.testing.assert_close(off, reference)
-    assert (on - reference).abs().max() > 1e-3
+        set_lora_enabled(pipe.unet, False)
+        for layer, x in inputs:
+            torch.testing.assert_close(layer(x), layer.get_base_layer()(x))
+        set_lora_enabled(pipe.unet, True)
+        for layer, x in inputs:
+            assert (layer(x) - layer.get_base_layer()(x)).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("overrides", [{"network": "loha"}, {"dora": True}])
@@ -223,3 +233,23 @@ def test_flow_families_refuse_lycoris_and_dora_in_one_line(overrides):
     base = BaseModel(FLUX.build_tiny(0), FLUX, "epsilon", "tiny")
     with pytest.raises(StudioError, match="written as plain LoRA files"):
         base_as_trained(TrainConfig(**overrides), base)
+
+
+def test_locon_in_the_diffusers_format_keeps_the_conv_rank_and_alpha(tmp_path):
+    """peft files carry no alpha tensors: the convs' rank and alpha travel as rank/alpha patterns."""
+    family = ModelFamily.SD1
+    pipe, layers = trained_like(family, SPECS["locon"])
+    path = save_diffusers_lora(
+        tmp_path / "a.safetensors",
+        extract_lora(pipe.components),
+        pipe.components,
+        family,
+        {},
+        dtype=torch.float32,
+    )
+    adapter = load_adapter(path, build_tiny_pipeline(family, seed=0).components, family, strict=True)
+    assert set(adapter.layers) == set(layers)
+    for key, layer in layers.items():
+        expected = layer.get_delta_weight("default").detach()
+        got = adapter.layers[key].delta(tuple(expected.shape))
+        assert (got - expected).abs().max().item() <= 1e-6 * expected.abs().max().item(), key
