@@ -224,14 +224,16 @@ def test_switching_the_adapter_off_gives_the_bare_base_for_every_type(name):
             assert (layer(x) - layer.get_base_layer()(x)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("overrides", [{"network": "loha"}, {"dora": True}])
-def test_flow_families_refuse_lycoris_and_dora_in_one_line(overrides):
+@pytest.mark.parametrize(
+    "overrides", [{"network": "loha"}, {"dora": True}, {"network": "locon"}, {"conv_rank": 4}]
+)
+def test_flow_families_refuse_lycoris_dora_and_convs_in_one_line(overrides):
     from studio.families import FLUX
     from studio.models.loader import BaseModel
     from studio.training.prediction import base_as_trained
 
     base = BaseModel(FLUX.build_tiny(0), FLUX, "epsilon", "tiny")
-    with pytest.raises(StudioError, match="written as plain LoRA files"):
+    with pytest.raises(StudioError, match="adapters are plain LoRA on a transformer"):
         base_as_trained(TrainConfig(**overrides), base)
 
 
