@@ -24,6 +24,8 @@ from studio.options import Show, option, specs
 CLI, BASIC, ADVANCED = Show.CLI, Show.BASIC, Show.ADVANCED
 
 LAYER_SETS = ("cross-attn", "attn", "full")  # studio.lora.targets.PRESETS, without importing torch
+# studio.lora.networks builds them: LoRA, LoRA + ResNet convs (kohya LoCon), LyCORIS LoHa and LoKr.
+NETWORKS = ("lora", "locon", "loha", "lokr")
 # The diffusers schedules that need nothing beyond warmup and length (piecewise_constant needs rules).
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 # studio.training.optim builds them; each but AdamW from its own package (an optional extra).
@@ -71,6 +73,35 @@ class TrainConfig:
         metavar="A",
         show=CLI | ADVANCED,
         label="Alpha (empty = rank/2)",
+    )
+    network: str = option(
+        "lora",
+        "adapter type: lora, locon (lora + the ResNet 3x3 convs), LyCORIS loha or lokr",
+        choices=NETWORKS,
+        show=CLI | ADVANCED,
+        label="Network",
+    )
+    dora: bool = option(
+        False,
+        "weight-decomposed LoRA (DoRA): a trained magnitude per output channel (lora, locon)",
+        show=CLI | ADVANCED,
+        label="DoRA",
+    )
+    conv_rank: int | None = option(
+        None,
+        "rank of the ResNet 3x3 convs, as kohya's conv_dim (default: --rank for locon; unset: no convs)",
+        minimum=1,
+        metavar="R",
+        show=CLI | ADVANCED,
+        label="Conv rank (empty = none, locon: rank)",
+    )
+    conv_alpha: float | None = option(
+        None,
+        "alpha of the 3x3 convs, as kohya's conv_alpha (default: conv rank / 2; adds the convs)",
+        positive=True,
+        metavar="A",
+        show=CLI | ADVANCED,
+        label="Conv alpha (empty = conv rank/2)",
     )
     train_text_encoder: bool = option(
         True,
@@ -391,7 +422,40 @@ class TrainConfig:
                 "--optimizer prodigy estimates one step size for all parameter groups; "
                 "leave --te-lr unset or equal to --lr"
             )
+        found += self.network_conflicts()
         return found
+
+    def network_conflicts(self) -> list[str]:
+        """Network options that cannot go together (peft has no DoRA form of LoHa or LoKr)."""
+        found = []
+        if self.dora and self.network in ("loha", "lokr"):
+            found.append(f"--dora applies to lora and locon; peft has no DoRA form of {self.network}")
+        if self.network in ("loha", "lokr") and self.format != "kohya":
+            found.append(
+                f"--format {self.format}: diffusers/peft files hold LoRA only; {self.network} is written "
+                "as a kohya/LyCORIS file (--format kohya)"
+            )
+        if self.dora and self.format != "kohya":
+            found.append(
+                f"--format {self.format} with --dora: the studio writes DoRA (dora_scale) in kohya/LyCORIS "
+                "files only; use --format kohya"
+            )
+        return found
+
+    @property
+    def effective_conv_rank(self) -> int | None:
+        """Rank of the 3x3 convs: ``conv_rank``, else ``rank`` for locon or a given conv alpha
+        (asking for a conv alpha asks for convs), else None: no convs."""
+        if self.conv_rank is not None:
+            return self.conv_rank
+        return self.rank if self.network == "locon" or self.conv_alpha is not None else None
+
+    @property
+    def effective_conv_alpha(self) -> float | None:
+        rank = self.effective_conv_rank
+        if rank is None:
+            return None
+        return float(rank) / 2 if self.conv_alpha is None else float(self.conv_alpha)
 
     @property
     def effective_alpha(self) -> float:

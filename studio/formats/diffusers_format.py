@@ -26,6 +26,7 @@ from studio.formats.keys import peft_key
 from studio.formats.kohya import LoraDict, base_layer, fit, layer_shapes
 from studio.formats.kohya_names import canonical_text_encoder_path
 from studio.formats.safetensors_io import save_tensors
+from studio.lora.tensors import LoraTensors
 from studio.models.family import ModelFamily
 
 
@@ -46,6 +47,9 @@ def to_diffusers_state_dict(
     for (component, path), tensors in sorted(lora.items()):
         if component not in allowed:
             raise StudioError(f"a {family.value} LoRA has no component {component!r} (layer {path})")
+        if not isinstance(tensors, LoraTensors) or tensors.magnitude is not None:
+            kind = "DoRA" if isinstance(tensors, LoraTensors) else tensors.kind
+            raise StudioError(f"a diffusers/peft LoRA file cannot hold a {kind} layer ({component}.{path})")
         down_shape, up_shape = layer_shapes(base_layer(components, component, path), tensors.rank)
         down = fit(tensors.down, down_shape, f"{component}.{path} down")
         up = fit(tensors.up, up_shape, f"{component}.{path} up")

@@ -1,6 +1,8 @@
 """kohya sd-scripts LoRA files: the one format AUTOMATIC1111, ComfyUI, sd-scripts and diffusers all load.
 
-Each adapted layer is exactly three tensors, ``<name>.lora_down.weight`` [r, in(, kh, kw)],
+LoHa / LoKr adapters (and DoRA's ``dora_scale``) are written as LyCORIS writes them into the same
+layout (``<name>.hada_w1_a``, ``<name>.lokr_w1``, ``<name>.alpha``), which A1111, ComfyUI and
+LyCORIS read; diffusers reads plain LoRA only. A plain LoRA layer is exactly three tensors, ``<name>.lora_down.weight`` [r, in(, kh, kw)],
 ``<name>.lora_up.weight`` [out, r(, 1, 1)] and ``<name>.alpha`` (0-dim), and nothing else:
 diffusers refuses a kohya file with any leftover key. Module names come from
 :mod:`studio.formats.kohya_names`, tensor names from :mod:`studio.formats.keys`; shapes follow the base layer, so a 1x1-conv ``proj_in``
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -25,13 +28,13 @@ from studio.errors import StudioError
 from studio.formats.keys import KOHYA, kohya_key, parse_key
 from studio.formats.kohya_names import ModuleRef, kohya_module_index, kohya_name
 from studio.formats.safetensors_io import load_tensors, save_tensors
-from studio.lora.tensors import LoraTensors
+from studio.lora.tensors import AdapterTensors, LoraTensors, LycorisTensors
 from studio.models.family import ModelFamily
 
 LEGACY_HASH_WINDOW = (0x100000, 0x110000)  # sd-scripts' addnet_hash_legacy: 64 KiB at 1 MiB
 SD_VERSION = {ModelFamily.SD1: "SD1", ModelFamily.SD2: "SD2", ModelFamily.SDXL: "SDXL"}  # A1111's names
 
-LoraDict = dict[tuple[str, str], LoraTensors]  # (component, module path) -> tensors
+LoraDict = dict[tuple[str, str], AdapterTensors]  # (component, module path) -> tensors
 _PLAIN = ("down", "up", "alpha")  # the only roles of a plain kohya LoRA
 
 
@@ -67,7 +70,7 @@ def fit(tensor: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor
 def to_kohya_state_dict(
     lora: LoraDict, components: dict[str, Any], family: ModelFamily, dtype: torch.dtype = torch.float16
 ) -> dict[str, torch.Tensor]:
-    """The kohya tensors of an adapter. Alpha stays fp32, so a value like 0.1 is stored exactly.
+    """The kohya / LyCORIS tensors of an adapter. Alpha stays fp32, so a value like 0.1 is stored exactly.
 
     Alphas are written as given. Mixed ranks load everywhere, but diffusers (0.42.1) applies
     only the most common alpha to a kohya file's attention and text-encoder layers, so a file
@@ -86,11 +89,55 @@ def to_kohya_state_dict(
             raise StudioError(f"layer {component}.{path} has no kohya name: {exc}") from None
         if kohya_key(name, "alpha") in state:
             raise StudioError(f"two layers map to the same kohya name {name}")
-        down_shape, up_shape = layer_shapes(layer, tensors.rank)
-        state[kohya_key(name, "down")] = fit(tensors.down, down_shape, f"{component}.{path} down").to(dtype)
-        state[kohya_key(name, "up")] = fit(tensors.up, up_shape, f"{component}.{path} up").to(dtype)
-        state[kohya_key(name, "alpha")] = torch.tensor(float(tensors.alpha), dtype=torch.float32)
+        where = f"{component}.{path}"
+        roles, alpha = (
+            _lora_roles(tensors, layer, where)
+            if isinstance(tensors, LoraTensors)
+            else _lycoris_roles(tensors, layer, where)
+        )
+        state.update({kohya_key(name, role): value.to(dtype) for role, value in roles.items()})
+        state[kohya_key(name, "alpha")] = torch.tensor(float(alpha), dtype=torch.float32)
     return state
+
+
+def _lora_roles(tensors: LoraTensors, layer: nn.Module, where: str) -> tuple[dict[str, torch.Tensor], float]:
+    """down / up in the layer's shapes; DoRA's magnitude as LyCORIS' ``dora_scale`` (``wd_on_out``:
+    one value per output channel, ``[out, 1]`` or ``[out, 1, 1, 1]``, as peft's magnitude is)."""
+    down_shape, up_shape = layer_shapes(layer, tensors.rank)
+    roles = {
+        "down": fit(tensors.down, down_shape, f"{where} down"),
+        "up": fit(tensors.up, up_shape, f"{where} up"),
+    }
+    if tensors.magnitude is not None:
+        out = up_shape[0]
+        if tensors.magnitude.numel() != out:
+            raise StudioError(
+                f"{where} DoRA magnitude has {tensors.magnitude.numel()} values for {out} outputs"
+            )
+        roles["dora_scale"] = tensors.magnitude.reshape(out, *[1] * (len(down_shape) - 1))
+    return roles, tensors.alpha
+
+
+def _lycoris_roles(
+    tensors: LycorisTensors, layer: nn.Module, where: str
+) -> tuple[dict[str, torch.Tensor], float]:
+    """LoHa / LoKr tensors as they are, with the alpha that gives peft's scale (alpha / r).
+
+    LyCORIS (and ComfyUI, A1111) apply a LoKr whose two factors are both whole matrices at
+    scale 1 whatever its alpha, so peft's alpha / r goes into ``lokr_w1`` and alpha is r.
+    """
+    weight = layer.weight
+    want = (weight.shape[0], math.prod(weight.shape[1:]))
+    if tensors.flat_shape() != want:
+        raise StudioError(
+            f"{where} {tensors.kind} tensors give a {list(tensors.flat_shape())} update "
+            f"for a {list(weight.shape)} weight (wrong base model?)"
+        )
+    roles = tensors.roles()
+    if tensors.kind == "lokr" and not tensors.factored:
+        roles["lokr_w1"] = roles["lokr_w1"] * (tensors.alpha / tensors.rank)
+        return roles, float(tensors.rank)
+    return roles, tensors.alpha
 
 
 def from_kohya_state_dict(

@@ -34,6 +34,7 @@ class TrainingInfo:
     alpha: float
     trigger: str = ""
     layers: str = "cross-attn"  # the layer set adapted (studio.lora.targets)
+    network_module: str = "networks.lora"  # sd-scripts' LoRA; LyCORIS files say lycoris.kohya
     network_args: dict[str, Any] = field(default_factory=dict)
     train_text_encoder: bool = True
     prediction_type: str = "epsilon"  # or "v_prediction"
@@ -182,7 +183,7 @@ def kohya_metadata(info: TrainingInfo) -> dict[str, str]:
     width, height = info.resolution or (side, side)
     steps = info.max_train_steps if info.steps is None else info.steps
     values: dict[str, Any] = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": info.network_module,
         "ss_network_dim": int(info.rank),
         "ss_network_alpha": float(info.alpha),
         "ss_network_args": json.dumps(info.network_args),

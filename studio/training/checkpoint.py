@@ -128,7 +128,7 @@ def load_checkpoint(
     expected = trainable_state(models)
     if {k: v.shape for k, v in tensors.items()} != {k: v.shape for k, v in expected.items()}:
         raise StudioError(
-            "checkpoint does not match this run's adapter (different layers, rank, model or text-encoder setting)",
+            "checkpoint does not match this run's adapter (different network, layers, rank, model or text-encoder setting)",
             path=checkpoint,
         )
     with torch.no_grad():

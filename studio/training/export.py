@@ -14,6 +14,7 @@ from typing import Any
 from studio.config import TrainConfig
 from studio.data import ScannedDataset, bucket_info, dataset_dirs, tag_frequency
 from studio.formats.metadata import TrainingInfo, kohya_metadata
+from studio.lora.networks import NetworkSpec
 from studio.models.loader import BaseModel
 
 NOT_IN_METADATA: dict[str, str] = {
@@ -82,6 +83,7 @@ def training_info(
     """What the file says about the run: ``config`` plus what the run resolved (size, length, GPUs)."""
     items = [item for item in dataset.items if not item.is_reg]
     reg = dataset.reg_scanned  # with their folders' repeats, as sd-scripts counts them
+    network = NetworkSpec.from_config(config)
     return TrainingInfo(
         output_name=Path(config.output).stem,
         family=base.family,
@@ -89,6 +91,8 @@ def training_info(
         alpha=config.effective_alpha,
         trigger=config.trigger or "",
         layers=config.layers,
+        network_module=network.kohya_module(),
+        network_args=network.kohya_args(),
         train_text_encoder=config.train_text_encoder,
         prediction_type="v_prediction" if config.v_prediction else base.prediction_type,
         resolution=(resolution, resolution),

@@ -21,6 +21,24 @@ def base_as_trained(config: TrainConfig, base: BaseModel) -> BaseModel:
                 path=config.base,
                 hint=f"leave --{name.replace('_', '-')} out",
             )
+    if base.family.denoiser != "unet" and (
+        config.network != "lora" or config.dora or config.effective_conv_rank
+    ):
+        asked = " ".join(
+            part
+            for part, on in (
+                (f"--network {config.network}", config.network != "lora"),
+                ("--dora", config.dora),
+                ("--conv-rank", config.conv_rank is not None or config.conv_alpha is not None),
+            )
+            if on
+        )
+        raise StudioError(
+            f"{asked}: {base.family.display_name} adapters are plain LoRA on a transformer "
+            "(fused layers, no ResNet convs)",
+            path=config.base,
+            hint="use --network lora without --dora or --conv-rank for this model",
+        )
     if config.v_prediction and base.stated_prediction == "epsilon":
         raise StudioError(
             "--v-prediction, but the base checkpoint's metadata says it predicts noise (epsilon)",

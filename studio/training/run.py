@@ -31,7 +31,8 @@ from studio.data import DatasetConfig, ScannedDataset, epoch_batches, expand_sam
 from studio.data.masks import load_mask
 from studio.errors import StudioError
 from studio.families import Family
-from studio.lora.inject import extract_lora, inject_lora
+from studio.lora.inject import extract_lora, inject_network
+from studio.lora.networks import NetworkSpec
 from studio.models.loader import BaseModel, load_base
 from studio.training.checkpoint import (
     TrainingState,
@@ -360,12 +361,12 @@ def _scan(
 def _attach_adapter(
     config: TrainConfig, base: BaseModel, device: torch.device, weight_dtype: torch.dtype
 ) -> dict[str, torch.nn.Module]:
-    """LoRA on the base: frozen base in the compute dtype (VAE in fp32), LoRA parameters in fp32."""
+    """The adapter on the base: frozen base in the compute dtype (VAE in fp32), adapter parameters in fp32."""
     family, components = base.family, base.components
     if config.fp8_base:  # before LoRA, so only the base layers are stored in fp8
         store_in_fp8(components[family.denoiser], weight_dtype)
-    inject_lora(
-        components, family, config.rank, config.effective_alpha, config.layers, config.train_text_encoder
+    inject_network(
+        components, family, NetworkSpec.from_config(config), config.layers, config.train_text_encoder
     )
     te_names = list(family.text_encoder_names)
     trainable = {family.denoiser: components[family.denoiser]}
