@@ -112,3 +112,20 @@ def test_a_lycoris_run_resumes_exactly_with_previews(dataset, tiny_sd1, tmp_path
     assert a.keys() == b.keys() and any(".lokr_w2_a" in key for key in a)
     for key in a:
         torch.testing.assert_close(a[key].float(), b[key].float(), rtol=1e-3, atol=1e-5)
+
+
+def test_dora_reimports_and_mixes_to_the_trained_weights(dataset, tiny_sd1, tmp_path):
+    """The exported DoRA file, read by the studio's loader and patched by the mixer, gives the
+    weights peft's own DoRA merge gives: W' = m ⊙ (W0 + s·BA) / ‖W0 + s·BA‖."""
+    result = _train(dataset, tmp_path, tiny_sd1, dora=True)
+    layers = peft_layers(result.base.components)
+    fresh = load_base(tiny_sd1)
+    adapter = load_adapter(result.outputs[0], fresh.components, fresh.family, strict=True)
+    assert set(adapter.layers) == set(layers) and {layer.kind for layer in adapter.layers.values()} == {"dora"}
+    BlendEngine(fresh.components).set_blend([BlendItem(adapter)])
+    for key, layer in layers.items():
+        layer.merge()
+        merged = layer.get_base_layer().weight.detach().float()
+        mixed = fresh.components[key[0]].get_submodule(key[1]).weight.detach().float()
+        # the file is fp16: factors and magnitudes rounded once
+        assert (mixed - merged).abs().max().item() <= 2e-3 * merged.abs().max().item(), key
