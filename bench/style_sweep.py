@@ -66,6 +66,11 @@ QUICK = "Quick demo (embedded model)"  # rank 8, alpha 8, cross-attn + TE, 150 s
 _LR2 = {"lr": 2e-3, "te_lr": 1e-3}
 VARIANTS: dict[str, dict[str, Any]] = {
     "quick": {},
+    # Issue 16: the other network types on the preset as it is (plain LoRA is "quick").
+    "locon": {"network": "locon"},
+    "lokr": {"network": "lokr"},
+    "dora": {"dora": True},
+    "loha": {"network": "loha"},
     "cd0.2": {"caption_dropout": 0.2},
     "s400": {"steps": 400},
     "lr2e-3-s400": {**_LR2, "steps": 400},
