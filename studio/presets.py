@@ -35,6 +35,13 @@ _SDXL_STYLE = {
     "lr": 1e-4, "train_text_encoder": False, "min_snr_gamma": 5.0, "gradient_checkpointing": True,
     "warmup_steps": 100, "sample_every": 250, "checkpoint_every": 250,
 }  # fmt: skip
+# SD3.5 and Flux: attention LoRA on the transformer, T5 and CLIP frozen and cached, batch 1 with
+# the encoders parked (low memory), as diffusers' and ai-toolkit's style examples train them.
+_FLOW_STYLE = {
+    "layers": "attn", "rank": 16, "alpha": 16.0, "resolution": 1024, "steps": 1500, "batch_size": 1,
+    "lr": 1e-4, "train_text_encoder": False, "low_memory": True, "warmup_steps": 100,
+    "sample_every": 250, "checkpoint_every": 250,
+}  # fmt: skip
 _MEMORY = "Batch 2 with checkpointing wants a 24 GB GPU; on 12 GB add --low-memory and batch 1 (9.9 GB peak)."
 
 PRESETS: dict[str, Preset] = {
@@ -119,21 +126,7 @@ PRESETS: dict[str, Preset] = {
             "1024 px, rank 16 on every attention projection, transformer only (T5 and CLIP cached), "
             "fp8 base with checkpointing, 1,500 steps at batch 1. Memory: 17.0 GiB peak on a GPU "
             "(fits 24 GB); without --fp8-base 24.8 GiB and about 15% faster (BENCHMARKS.md).",
-            {
-                "layers": "attn",
-                "rank": 16,
-                "alpha": 16.0,
-                "resolution": 1024,
-                "steps": 1500,
-                "batch_size": 1,
-                "lr": 1e-4,
-                "train_text_encoder": False,
-                "low_memory": True,
-                "fp8_base": True,
-                "warmup_steps": 100,
-                "sample_every": 250,
-                "checkpoint_every": 250,
-            },  # fmt: skip
+            {**_FLOW_STYLE, "fp8_base": True},
             family="flux",
         ),
         Preset(
@@ -141,20 +134,7 @@ PRESETS: dict[str, Preset] = {
             "1024 px, rank 16 on every attention projection, transformer only (text cached), "
             "checkpointing, 1,500 steps at batch 1. Memory: SD3.5 Large peaks at 17.3 GiB; "
             "--fp8-base brings it to 12.2 GiB (16 GB GPUs) and costs about 20% of the speed (BENCHMARKS.md).",
-            {
-                "layers": "attn",
-                "rank": 16,
-                "alpha": 16.0,
-                "resolution": 1024,
-                "steps": 1500,
-                "batch_size": 1,
-                "lr": 1e-4,
-                "train_text_encoder": False,
-                "low_memory": True,
-                "warmup_steps": 100,
-                "sample_every": 250,
-                "checkpoint_every": 250,
-            },  # fmt: skip
+            _FLOW_STYLE,
             family="sd3",
         ),
         Preset(

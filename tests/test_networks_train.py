@@ -121,7 +121,8 @@ def test_dora_reimports_and_mixes_to_the_trained_weights(dataset, tiny_sd1, tmp_
     layers = peft_layers(result.base.components)
     fresh = load_base(tiny_sd1)
     adapter = load_adapter(result.outputs[0], fresh.components, fresh.family, strict=True)
-    assert set(adapter.layers) == set(layers) and {layer.kind for layer in adapter.layers.values()} == {"dora"}
+    assert set(adapter.layers) == set(layers)
+    assert {layer.kind for layer in adapter.layers.values()} == {"dora"}
     BlendEngine(fresh.components).set_blend([BlendItem(adapter)])
     for key, layer in layers.items():
         layer.merge()
