@@ -125,6 +125,18 @@ def write_random_loras(
     return paths
 
 
+def parse_row_specs(text: str) -> list[tuple[str, int, tuple[str, ...]]]:
+    """``"ref:4,ours+compile:4"`` -> ``[(kind, number, switches), ...]``; kinds are ref and ours."""
+    rows = []
+    for item in filter(None, text.split(",")):
+        spec, number = item.rsplit(":", 1)
+        kind, *switches = spec.split("+")
+        if kind not in ("ref", "ours"):
+            raise SystemExit(f"unknown row kind {kind!r} in {item!r}")
+        rows.append((kind, int(number), tuple(switches)))
+    return rows
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import build_flow_pipeline, peak_gib, reset_peak
+from common import build_flow_pipeline, parse_row_specs, peak_gib, reset_peak
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig, inject_adapter_in_model
 from train_bench import load_images, write_dataset
@@ -60,14 +60,7 @@ class Row:
 
 
 def parse_rows(text: str) -> list[Row]:
-    rows = []
-    for item in filter(None, text.split(",")):
-        spec, resolution = item.rsplit(":", 1)
-        kind, *switches = spec.split("+")
-        if kind not in ("ref", "ours"):
-            raise SystemExit(f"unknown row kind {kind!r} in {item!r}")
-        rows.append(Row(kind, int(resolution), tuple(switches)))
-    return rows
+    return [Row(*spec) for spec in parse_row_specs(text)]
 
 
 def build_base(model: str, device: str) -> BaseModel:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import build_pipeline, peak_gib, reset_peak
+from common import build_pipeline, parse_row_specs, peak_gib, reset_peak
 from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
@@ -70,14 +70,7 @@ class Row:
 
 
 def parse_rows(text: str) -> list[Row]:
-    rows = []
-    for item in filter(None, text.split(",")):
-        spec, batch = item.rsplit(":", 1)
-        kind, *switches = spec.split("+")
-        if kind not in ("ref", "ours"):
-            raise SystemExit(f"unknown row kind {kind!r} in {item!r}")
-        rows.append(Row(kind, int(batch), tuple(switches)))
-    return rows
+    return [Row(*spec) for spec in parse_row_specs(text)]
 
 
 def fresh_base(model: str, device: str) -> BaseModel:
