@@ -109,15 +109,16 @@ def test_queue_save_now_kill_and_resume_from_that_step(app, page, db):
     expect(message(page)).to_contain_text("Job #1 is running.", timeout=SLOW)
     fill(page, {"adv-steps": 2, "train-name": "short"})
     page.locator("#train-start").click()
-    expect(message(page)).to_contain_text("Queued job #2. It is next in the queue.")
-    expect(page.locator("#train-jobs")).to_contain_text("next in the queue")
-    expect(page.locator("#train-progress")).to_contain_text("next in the queue")
+    expect(message(page)).to_contain_text("Queued job #2. It is next in the queue.", timeout=SLOW)
+    expect(page.locator("#train-jobs")).to_contain_text("next in the queue", timeout=SLOW)
+    expect(page.locator("#train-progress")).to_contain_text("next in the queue", timeout=SLOW)
     page.locator("#train-stop").click()  # job #2 is the one shown: cancelled before it started
-    expect(message(page)).to_contain_text("Job #2 stopped: cancelled before it started.")
+    expect(message(page)).to_contain_text("Job #2 stopped: cancelled before it started.", timeout=SLOW)
     choose(page, "train-job", "#2 short")  # the panel moved on to the running job
     page.locator("#train-resume").click()
     expect(message(page)).to_contain_text(
-        "Job #2 has no checkpoint yet: queued to start over from step 0. It is next in the queue."
+        "Job #2 has no checkpoint yet: queued to start over from step 0. It is next in the queue.",
+        timeout=SLOW,
     )
 
     choose(page, "train-job", "#1 long")
