@@ -91,6 +91,18 @@ def test_studio_files_load_back_to_the_trained_layers_exactly(run, tmp_path):
         _assert_same_deltas(_strictly_loaded(path, fresh.components, family), deltas, atol=2e-4)
 
 
+def _kohya_state(modules: dict, alpha: float) -> dict:
+    """kohya tensors (``lora_down``/``lora_up``/``alpha``) of ``{name: (down, up)}``."""
+    state = {}
+    for name, (down, up) in modules.items():
+        state |= {
+            f"{name}.lora_down.weight": down,
+            f"{name}.lora_up.weight": up,
+            f"{name}.alpha": torch.tensor(alpha),
+        }
+    return state
+
+
 def _dense(generator, rows, cols, rank=4):
     return torch.randn(rank, cols, generator=generator) * 0.3, torch.randn(
         rows, rank, generator=generator
@@ -110,13 +122,7 @@ def test_sd_scripts_flux_names_split_by_rows_onto_diffusers_layers(tmp_path):
         "lora_unet_double_blocks_1_txt_mod_lin": _dense(g, *t.transformer_blocks[1].norm1_context.linear.weight.shape),
         "lora_te1_encoder_layers_0_self_attn_q_proj": _dense(g, 32, 32),  # no text_model_ (transformers 5.x)
     }  # fmt: skip
-    state = {}
-    for name, (down, up) in modules.items():
-        state |= {
-            f"{name}.lora_down.weight": down,
-            f"{name}.lora_up.weight": up,
-            f"{name}.alpha": torch.tensor(2.0),
-        }
+    state = _kohya_state(modules, alpha=2.0)
     save_file(state, tmp_path / "sd_scripts.safetensors", {"ss_base_model_version": "flux1"})
     adapter = _strictly_loaded(tmp_path / "sd_scripts.safetensors", pipe.components, FLUX)
     assert len(adapter.layers) == 3 + 4 + 1 + 1
@@ -186,13 +192,7 @@ def test_sd_scripts_sd3_names_and_the_last_blocks_shift_scale_order(tmp_path):
         f"lora_unet_joint_blocks_{last}_context_block_adaLN_modulation_1": _dense(g, *norm.weight.shape),
         "lora_te2_text_model_encoder_layers_1_mlp_fc1": _dense(g, 37, 32),
     }  # fmt: skip
-    state = {}
-    for name, (down, up) in modules.items():
-        state |= {
-            f"{name}.lora_down.weight": down,
-            f"{name}.lora_up.weight": up,
-            f"{name}.alpha": torch.tensor(4.0),
-        }
+    state = _kohya_state(modules, alpha=4.0)
     save_file(state, tmp_path / "sd3.safetensors")  # no metadata: the joint_blocks names say SD3
     adapter = _strictly_loaded(tmp_path / "sd3.safetensors", pipe.components, SD3)
     assert len(adapter.layers) == 3 + 3 + 1 + 1

@@ -160,24 +160,14 @@ def test_bake_of_two_flow_adapters_reloads_to_the_blend(family, tmp_path):
 def test_studio_generate_on_a_flux_base_with_a_flux_lora(tmp_path, capsys):
     kohya, _ = _files(FLUX, tmp_path)
     _base(FLUX).save_pretrained(tmp_path / "flux")
-    fast = ["--steps", "1", "--width", "32", "--height", "32", "--seed", "3", "--guidance", "4"]
+    size = ["--width", "32", "--height", "32"]
+    fast = ["--steps", "1", *size, "--seed", "3", "--guidance", "4"]
+
+    def generate(*args: str) -> int:
+        return main(["generate", PROMPT, "--base", str(tmp_path / "flux"), *args])
+
     out = tmp_path / "out.png"
-    assert (
-        main(
-            [
-                "generate",
-                PROMPT,
-                "--base",
-                str(tmp_path / "flux"),
-                "--lora",
-                str(kohya),
-                *fast,
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert generate("--lora", str(kohya), *fast, "--out", str(out)) == 0
     assert "Sampler: Euler" in Image.open(out).text["parameters"]
     reference = _base(FLUX)
     reference.load_lora_weights(str(tmp_path / "d0.safetensors"))
@@ -185,39 +175,10 @@ def test_studio_generate_on_a_flux_base_with_a_flux_lora(tmp_path, capsys):
         _array(Image.open(out).convert("RGB")), _pipeline_image(reference), atol=2 / 255
     )
     default = tmp_path / "default.png"  # no --guidance: Flux-dev's own 3.5, not SD's 7
-    assert (
-        main(
-            [
-                "generate",
-                PROMPT,
-                "--base",
-                str(tmp_path / "flux"),
-                "--steps",
-                "1",
-                "--width",
-                "32",
-                "--height",
-                "32",
-                "--out",
-                str(default),
-            ]
-        )
-        == 0
-    )
+    assert generate("--steps", "1", *size, "--out", str(default)) == 0
     assert "CFG scale: 3.5" in Image.open(default).text["parameters"]
     capsys.readouterr()
-    bad = [
-        "generate",
-        PROMPT,
-        "--base",
-        str(tmp_path / "flux"),
-        "--scheduler",
-        "euler-a",
-        *fast,
-        "--out",
-        str(out),
-    ]
-    assert main(bad) == 2
+    assert generate("--scheduler", "euler-a", *fast, "--out", str(out)) == 2
     assert "--scheduler euler-a does not sample Flux.1" in capsys.readouterr().err
 
 

@@ -57,18 +57,16 @@ ROUND_TRIPS = [(ModelFamily.SD1, name) for name in SPECS] + [
 ]
 
 
+def _export(path, pipe, family):
+    """The trained adapter of ``pipe`` as an fp32 kohya file (no rounding to compare through)."""
+    return save_kohya(path, extract_lora(pipe.components), pipe.components, family, {}, dtype=torch.float32)
+
+
 @pytest.mark.parametrize(("family", "name"), ROUND_TRIPS, ids=lambda v: getattr(v, "value", v))
 def test_each_network_round_trips_through_the_studio_loader_and_the_mixer(tmp_path, family, name):
     spec = SPECS[name]
     pipe, layers = trained_like(family, spec)
-    path = save_kohya(
-        tmp_path / "a.safetensors",
-        extract_lora(pipe.components),
-        pipe.components,
-        family,
-        {},
-        dtype=torch.float32,
-    )
+    path = _export(tmp_path / "a.safetensors", pipe, family)
     fresh = build_tiny_pipeline(family, seed=0)
     adapter = load_adapter(path, fresh.components, family, strict=True)
     assert set(adapter.layers) == set(layers)
@@ -107,14 +105,7 @@ def test_dora_is_written_as_lycoris_dora_scale_on_the_output_axis(tmp_path):
     family = ModelFamily.SD1
     spec = NetworkSpec("locon", 4, 3.0, conv_rank=2, conv_alpha=1.5, dora=True)
     pipe, layers = trained_like(family, spec)
-    path = save_kohya(
-        tmp_path / "d.safetensors",
-        extract_lora(pipe.components),
-        pipe.components,
-        family,
-        {},
-        dtype=torch.float32,
-    )
+    path = _export(tmp_path / "d.safetensors", pipe, family)
     state = load_file(str(path))
     modules = {key.split(".", 1)[0] for key in state}
     assert len(modules) == len(layers)
