@@ -114,7 +114,12 @@ def test_queue_save_now_kill_and_resume_from_that_step(app, page, db):
     expect(page.locator("#train-progress")).to_contain_text("next in the queue", timeout=SLOW)
     page.locator("#train-stop").click()  # job #2 is the one shown: cancelled before it started
     expect(message(page)).to_contain_text("Job #2 stopped: cancelled before it started.", timeout=SLOW)
-    choose(page, "train-job", "#2 short")  # the panel moved on to the running job
+    # The panel moves on to the running job; pick #2 only once it has, or a tick in flight undoes the pick.
+    expect(field(page, "train-job")).to_have_value(re.compile(r"^#1 long"), timeout=SLOW)
+    choose(page, "train-job", "#2 short")
+    expect(page.locator("#train-progress")).to_contain_text("cancelled", timeout=SLOW)
+    page.wait_for_timeout(1500)  # a timer tick with the pick: the panel stays on #2
+    expect(field(page, "train-job")).to_have_value(re.compile(r"^#2 short"))
     page.locator("#train-resume").click()
     expect(message(page)).to_contain_text(
         "Job #2 has no checkpoint yet: queued to start over from step 0. It is next in the queue.",
