@@ -69,6 +69,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Issue 16: the other network types on the preset as it is (plain LoRA is "quick").
     "locon": {"network": "locon"},
     "lokr": {"network": "lokr"},
+    # LoKr's Kronecker factors hold far fewer weights than LoRA's at the same rank (a 128-wide
+    # layer: 8x8 and 16x16, 320 against 2,048), so LyCORIS trains it at higher learning rates.
+    "lokr-lr2e-3": {"network": "lokr", **_LR2},
+    "lokr-lr4e-3": {"network": "lokr", "lr": 4e-3, "te_lr": 2e-3},
     "dora": {"dora": True},
     "loha": {"network": "loha"},
     "cd0.2": {"caption_dropout": 0.2},

@@ -17,6 +17,7 @@ from studio.app.training import followed_job, job_message
 from studio.app.ui.common import guard
 from studio.app.workspace import Workspace
 from studio.errors import StudioError
+from studio.families import FLUX
 
 
 @pytest.fixture()
@@ -42,13 +43,38 @@ def test_messages_show_paths_relative_to_the_workspace_or_by_upload_name(ws):
 def test_block_fields_round_trip_every_key_a_recipe_can_hold():
     blocks = {"down": 0.5, "down.1": 0.0, "mid": 0.25, "up.2": 1.5, "up": -1.0, "down.0": 0.123456789}
     texts = block_field_texts(blocks)
-    assert texts == {"down": "0.5, 0:0.123456789, 1:0", "mid": "0.25", "up": "-1, 2:1.5"}
+    assert texts == {
+        "down": "0.5, 0:0.123456789, 1:0",
+        "mid": "0.25",
+        "up": "-1, 2:1.5",
+        "double": "",
+        "single": "",
+    }
     assert parse_block_fields(texts) == blocks
     assert parse_block_fields({"down": "", "mid": None, "up": " 1 "}) == {"up": 1.0}
-    assert block_field_texts({}) == {"down": "", "mid": "", "up": ""}
+    assert block_field_texts({}) == {"down": "", "mid": "", "up": "", "double": "", "single": ""}
+    flow = {"double": 0.75, "double.0": 0.0, "single.11": 2.0}  # a flow transformer's blocks
+    assert block_field_texts(flow) == {
+        "down": "",
+        "mid": "",
+        "up": "",
+        "double": "0.75, 0:0",
+        "single": "11:2",
+    }
+    assert parse_block_fields(block_field_texts(flow)) == flow
+    weights = Slot("ink", True, 1.0, 1.0, 1.0, parse_block_fields({"single": "0.5, 3:0"})).weights
+    assert (
+        weights.coefficient("transformer", "single_transformer_blocks.3.attn.to_q", group=FLUX.layer_group)
+        == 0
+    )
+    assert (
+        weights.coefficient("transformer", "single_transformer_blocks.2.proj_out", group=FLUX.layer_group)
+        == 0.5
+    )
+    assert weights.coefficient("transformer", "transformer_blocks.2.attn.to_q", group=FLUX.layer_group) == 1
     with pytest.raises(StudioError, match="block weight down: 'half' is not a number"):
         parse_block_fields({"down": "half"})
-    with pytest.raises(StudioError, match="numbered blocks exist for down and up only"):
+    with pytest.raises(StudioError, match="mid has no numbered blocks"):
         parse_block_fields({"mid": "1:0.5"})
 
 

@@ -18,6 +18,7 @@ from studio.errors import StudioError
 from studio.families import FLUX, SD1, SD3
 from studio.formats.diffusers_format import save_diffusers_lora
 from studio.formats.flow_lora import save_flow_kohya
+from studio.formats.flow_names import FLUX_DOUBLE, FLUX_SINGLE, SD3_JOINT
 from studio.formats.inspect import format_report, inspect_file
 from studio.lora.inject import extract_lora
 from studio.models.loader import BaseModel
@@ -287,3 +288,68 @@ def test_inspect_names_family_modules_ranks_and_absent_blocks(run, tmp_path):
     name = block[:-3]
     assert report.absent_blocks == [f"{name} 0"] and report.blocks[name] == [1]
     assert f"absent:   {name} 0" in format_report(report)
+
+
+def _original_paths(family, transformer) -> dict[str, str]:
+    """kohya module name -> its dotted path in the original checkpoint layout (BFL's / SAI's)."""
+    lists = {FLUX: [("transformer_blocks", "double_blocks", FLUX_DOUBLE),
+                    ("single_transformer_blocks", "single_blocks", FLUX_SINGLE)],
+             SD3: [("transformer_blocks", "joint_blocks", SD3_JOINT)]}[family]  # fmt: skip
+    paths = {}
+    for diffusers_list, original, table in lists:
+        for i in range(len(getattr(transformer, diffusers_list))):
+            for name, _ in table.values():
+                paths[f"lora_unet_{original}_{i}_{name.replace('.', '_')}"] = f"{original}.{i}.{name}"
+    return paths
+
+
+@pytest.mark.parametrize("suffixes", ["kohya", "peft"])
+def test_comfyui_names_of_the_original_layout_load_as_sd_scripts_names(run, tmp_path, suffixes):
+    """ComfyUI keys a flow LoRA by the checkpoint's own module path: ``diffusion_model.double_blocks.0.
+    img_attn.qkv.lora_up.weight`` (or ``lora_B``); it is sd-scripts' module, so it splits the same."""
+    family, result, deltas, fresh = run
+    kohya = next(p for p in result.outputs if "diffusers" not in p.name)
+    paths = _original_paths(family, fresh.transformer)
+    peft_suffix = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "alpha": "alpha"}
+    renamed = {}
+    for key, tensor in _tensors(kohya).items():
+        module, _, suffix = key.partition(".")
+        if module.startswith("lora_unet_"):
+            key = f"diffusion_model.{paths[module]}.{peft_suffix[suffix] if suffixes == 'peft' else suffix}"
+        renamed[key] = tensor
+    assert sum(key.startswith("diffusion_model.") for key in renamed) > 20
+    path = tmp_path / "comfy.safetensors"
+    save_file(renamed, path)  # no metadata: the names alone must say the family
+    _assert_same_deltas(_strictly_loaded(path, fresh.components, family), deltas, atol=2e-4)
+    assert inspect_file(path).family == family.id.upper()
+
+
+@pytest.mark.parametrize("prefix", ["lora_transformer", "lycoris"])
+def test_onetrainer_and_simpletuner_names_of_the_split_layers_load(run, tmp_path, prefix):
+    """OneTrainer writes ``lora_transformer_`` + diffusers' layer path flattened (SimpleTuner's
+    LyCORIS: ``lycoris_``), kohya's suffixes and an alpha per module."""
+    family, result, deltas, fresh = run
+    diffusers = next(p for p in result.outputs if "diffusers" in p.name)
+    roles = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
+    renamed = {}
+    for key, tensor in _tensors(diffusers).items():
+        if key.startswith("transformer."):
+            module, *role = key.removeprefix("transformer.").rsplit(".", 2)
+            role = ".".join(role)
+            name = f"{prefix}_{module.replace('.', '_')}"
+            renamed[f"{name}.{roles[role]}"] = tensor
+            renamed[f"{name}.alpha"] = torch.tensor(5.0)  # the run's alpha (rank 3)
+    path = tmp_path / "onetrainer.safetensors"
+    save_file(renamed, path)
+    adapter = _strictly_loaded(path, fresh.components, family)
+    transformer = {key: delta for key, delta in deltas.items() if key[0] == "transformer"}
+    assert (
+        {key for key, d in transformer.items() if d.abs().max() > 0}
+        <= set(adapter.layers)
+        <= set(transformer)
+    )
+    for key, layer in adapter.layers.items():
+        expected = transformer[key]
+        torch.testing.assert_close(layer.delta(tuple(expected.shape)), expected, atol=2e-4, rtol=0)
+    if family is FLUX:  # its single-stream blocks name the family; SD3's joint blocks are Flux's too
+        assert inspect_file(path).family == "FLUX"

@@ -75,6 +75,28 @@ PARSED = [
     ),
     (f"unet.{TO_K}.lora_magnitude_vector", TensorKey(DIFFUSERS, "unet", TO_K, "lora_magnitude_vector")),
     (f"unet.{TO_K}.lora_A.bias", TensorKey(DIFFUSERS, "unet", TO_K, "bias")),
+    # ComfyUI (the checkpoint's own paths), OneTrainer and SimpleTuner (flow transformers)
+    (
+        "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight",
+        TensorKey(KOHYA, "unet", "lora_unet_double_blocks_0_img_attn_qkv", "up"),
+    ),
+    (
+        "diffusion_model.single_blocks.3.linear1.lora_down.weight",
+        TensorKey(KOHYA, "unet", "lora_unet_single_blocks_3_linear1", "down"),
+    ),
+    (
+        "diffusion_model.joint_blocks.1.x_block.attn.qkv.alpha",
+        TensorKey(KOHYA, "unet", "lora_unet_joint_blocks_1_x_block_attn_qkv", "alpha"),
+    ),
+    ("diffusion_model.lora_A.weight", None),
+    (
+        "lora_transformer_single_transformer_blocks_0_attn_to_q.lora_up.weight",
+        TensorKey(KOHYA, "transformer", "lora_transformer_single_transformer_blocks_0_attn_to_q", "up"),
+    ),
+    (
+        "lycoris_transformer_blocks_2_ff_net_2.lokr_w1",
+        TensorKey(KOHYA, "transformer", "lycoris_transformer_blocks_2_ff_net_2", "lokr_w1"),
+    ),
     # not LoRA tensors
     ("unet.lora_A.weight", TensorKey(PEFT, None, "unet", "down")),  # a bare path that says "unet"
     (".lora_A.weight", None),

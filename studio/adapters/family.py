@@ -49,7 +49,7 @@ def family_from_keys(keys: Iterable[str]) -> ModelFamily | None:
         module = parsed.module
         if found := flow_family_id(module):
             return get_family(found)
-        transformer = transformer or module.startswith("transformer.")
+        transformer = transformer or module.startswith("transformer.") or parsed.component == "transformer"
         sdxl = sdxl or parsed.component == "text_encoder_2"
         sdxl = sdxl or (parsed.convention == KOHYA and module.startswith(_SGM_MARKS))
     return None if transformer or not sdxl else ModelFamily.SDXL
@@ -61,7 +61,9 @@ def family_from_shapes(tensors: Mapping[str, Tensor]) -> ModelFamily | None:
         parsed = parse_key(key)
         if parsed is None or parsed.role != "down" or tensor.dim() < 2:
             continue
-        if parsed.module.startswith(("transformer.", "transformer_blocks.")):
+        if parsed.component == "transformer" or parsed.module.startswith(
+            ("transformer.", "transformer_blocks.")
+        ):
             continue  # SD3.5-Medium's attn2 is an image self-attention, not a UNet's cross-attention
         if any(needle in parsed.module for needle in _CROSS_ATTN_INPUTS):
             return _CONTEXT_WIDTHS.get(tensor.shape[1])

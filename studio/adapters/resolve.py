@@ -6,7 +6,9 @@ for the same layer (diffusers' exporter, LoRAs made on newer transformers):
 * SDXL UNet with diffusers block names (``lora_unet_down_blocks_1_...``) instead of SGM ones;
 * ``lora_te1_`` for the one SD 1.x/2.x text encoder (diffusers' ``convert_state_dict_to_kohya``);
 * text-encoder names without ``text_model_`` (built from a flattened transformers 5.x
-  ``CLIPTextModel``).
+  ``CLIPTextModel``);
+* on a flow transformer, OneTrainer's ``lora_transformer_`` / SimpleTuner's ``lycoris_`` +
+  the diffusers layer path flattened.
 
 On a flow-transformer base (SD3.5, Flux.1) a kohya name is a module of the original fused
 layout and may cover several diffusers layers: ``fused`` answers those
@@ -20,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from studio.adapters.flow import FlowTarget, flow_kohya_index
-from studio.formats.keys import KOHYA, UNET_PREFIX, TensorKey
+from studio.formats.keys import KOHYA, TRANSFORMER_PREFIXES, UNET_PREFIX, TensorKey
 from studio.formats.kohya_names import ModuleRef, adaptable_modules, kohya_module_index, text_encoder_prefix
 from studio.models.family import ModelFamily
 
@@ -35,12 +37,14 @@ class ModuleResolver:
         self.flow_index = flow_kohya_index(components, family) if self.flow else {}
         self.by_path = {(ref.component, ref.path): ref for ref in adaptable_modules(components, family)}
         self._aliases: dict[str, ModuleRef] = {}
-        for ref in () if self.flow else self.by_path.values():
+        for ref in self.by_path.values():
             for alias in self._kohya_aliases(ref):
                 self._aliases.setdefault(alias, ref)
 
     def _kohya_aliases(self, ref: ModuleRef) -> list[str]:
         flat = ref.path.replace(".", "_")
+        if self.flow:  # OneTrainer's and SimpleTuner's names of the split diffusers layers
+            return [f"{p}_{flat}" for p in TRANSFORMER_PREFIXES] if ref.component == "transformer" else []
         if ref.component == "unet":
             return [f"{UNET_PREFIX}_{flat}"] if self.family is ModelFamily.SDXL else []
         prefixes = [text_encoder_prefix(self.family, ref.component)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from studio.formats.keys import UNET_PREFIX
+from studio.formats.keys import TRANSFORMER_PREFIXES, UNET_PREFIX
 from studio.formats.kohya_names import canonical_text_encoder_path
 
 
@@ -113,15 +113,17 @@ def sd3_kohya_name(component: str, path: str) -> str:
 
 
 # Module-name marks only one flow family's adapter files carry: sd-scripts' original-layout
-# blocks, and diffusers' Flux-only single-stream blocks.
+# blocks, and diffusers' Flux-only single-stream blocks (dotted, or flattened by OneTrainer and
+# SimpleTuner).
 _FILE_MARKS = (
     ("lora_unet_double_blocks_", "flux"),
     ("lora_unet_single_blocks_", "flux"),
     ("lora_unet_joint_blocks_", "sd3"),
+    *((f"{prefix}_single_transformer_blocks_", "flux") for prefix in TRANSFORMER_PREFIXES),
 )
 _BLOCK_NUMBER = re.compile(
     r"^lora_unet_(double_blocks|single_blocks|joint_blocks)_(\d+)_"
-    r"|(?:^|\.)(single_transformer_blocks|transformer_blocks)\.(\d+)\."
+    rf"|(?:^|\.|^(?:{'|'.join(TRANSFORMER_PREFIXES)})_)(single_transformer_blocks|transformer_blocks)[._](\d+)[._]"
 )
 
 

@@ -10,6 +10,13 @@ followed by one of the suffixes below (``lora_A.weight``, the older ``lora.down.
 attention-processor form (``attn1.processor.to_q_lora.down.weight``) names the module
 ``attn1.to_q``: the one place the module is not kept as written.
 
+Other tools' names for the same modules, read as the kohya names they mean:
+
+* ComfyUI's: the checkpoint's own module path under ``diffusion_model.`` (BFL's, SAI's or SGM's
+  layout) with kohya's or peft's suffixes is kohya's ``lora_unet_`` + that path flattened;
+* OneTrainer's ``lora_transformer_`` and SimpleTuner's LyCORIS ``lycoris_`` + a flow
+  transformer's diffusers layer path, flattened (component ``transformer``).
+
 Loader (``studio.adapters.load``), ``studio inspect`` and the kohya reader all see a key
 through ``parse_key``, so they cannot disagree on what a key means.
 """
@@ -30,8 +37,12 @@ KOHYA_PREFIXES = {
     "lora_te": "text_encoder",
     "lora_te1": "text_encoder",
     "lora_te2": "text_encoder_2",
+    "lora_transformer": "transformer",  # OneTrainer (Flux, SD3): diffusers' layer paths
+    "lycoris": "transformer",  # SimpleTuner's LyCORIS files: the same
 }
 UNET_PREFIX = "lora_unet"
+TRANSFORMER_PREFIXES = ("lora_transformer", "lycoris")
+COMFY_PREFIX = "diffusion_model."  # ComfyUI: the checkpoint's own module paths
 _PREFIXES_LONGEST_FIRST = sorted(KOHYA_PREFIXES, key=len, reverse=True)
 
 # kohya/LyCORIS tensor names after the module, mapped to their role.
@@ -159,10 +170,23 @@ def _parse_diffusers(key: str) -> TensorKey | None:
     return TensorKey(convention, component, rest, role, legacy)
 
 
+def _parse_comfy(key: str) -> TensorKey | None:
+    """``diffusion_model.<path>.<kohya or peft suffix>`` -> the kohya module ``lora_unet_<path>``."""
+    rest = key[len(COMFY_PREFIX) :]
+    endings = [(f".{suffix}", role) for suffix, role in KOHYA_ROLES.items()]
+    endings += [(suffix, role) for suffix, role, legacy in _DIFFUSERS_SUFFIXES if not legacy]
+    for suffix, role in sorted(endings, key=lambda entry: len(entry[0]), reverse=True):
+        if rest.endswith(suffix) and len(rest) > len(suffix):
+            return TensorKey(KOHYA, "unet", f"{UNET_PREFIX}_{rest[: -len(suffix)].replace('.', '_')}", role)
+    return None
+
+
 def parse_key(key: str) -> TensorKey | None:
     """The parts of a LoRA tensor name; None for a name that is not a LoRA tensor we know."""
     if (component := kohya_component(key)) is not None:
         return _parse_kohya(key, component)
+    if key.startswith(COMFY_PREFIX):
+        return _parse_comfy(key)
     return _parse_diffusers(key)
 
 

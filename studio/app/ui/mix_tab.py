@@ -53,7 +53,7 @@ NATIVE = {"object_fit": "scale-down", "allow_preview": True}  # galleries: own s
 
 @dataclass
 class SlotForm(Form):
-    """One adapter slot: picker, switch, sliders, the three block-weight fields and an LBW vector."""
+    """One adapter slot: picker, switch, sliders, the block-weight fields and an LBW vector."""
 
     adapter: gr.Dropdown
     enabled: gr.Checkbox
@@ -63,6 +63,8 @@ class SlotForm(Form):
     down: gr.Textbox
     mid: gr.Textbox
     up: gr.Textbox
+    double: gr.Textbox
+    single: gr.Textbox
     lbw: gr.Textbox
 
     def read(self, kwargs: dict[str, Any], prefix: str, number: int) -> Slot:
@@ -171,7 +173,18 @@ def _slot_column(ctx: AppContext, i: int) -> tuple[SlotForm, SlotView]:
                     gr.Textbox(label=group, placeholder="1", min_width=50, elem_id=f"mix-{group}-{i}")
                     for group in ("down", "mid", "up")
                 ]
-            gr.Markdown("UNet blocks: empty = 1; a number, and for down/up `1:0.5` per numbered block.")
+            with gr.Row():
+                blocks += [
+                    gr.Textbox(label=label, placeholder="1", min_width=50, elem_id=f"mix-{group}-{i}")
+                    for group, label in (
+                        ("double", "double (Flux, SD3.5 joint)"),
+                        ("single", "single (Flux)"),
+                    )
+                ]
+            gr.Markdown(
+                "Blocks: empty = 1; a number, and but for mid `1:0.5` per numbered block. down/mid/up are a "
+                "UNet's (SD 1.x/2.x, SDXL), double/single a flow transformer's (SD3.5, Flux.1)."
+            )
             lbw = gr.Textbox(
                 label="LoRA Block Weight (A1111)", placeholder="e.g. MIDD, or 17 values: 1,0,0,0,1,1,1,1,…",
                 elem_id=f"mix-lbw-{i}",
