@@ -13,6 +13,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 
 from studio.adapters import AdapterWarning, load_adapter
+from studio.adapters.layers import delta_on
 from studio.config import TrainConfig
 from studio.errors import StudioError
 from studio.families import FLUX, SD1, SD3
@@ -176,6 +177,39 @@ def test_a_lokr_on_a_fused_module_gives_each_layer_its_rows_of_the_whole_update(
         torch.testing.assert_close(layer.delta((n, 32)), whole[start : start + n])
         start += n
     assert not adapter.is_plain_lora  # an exact bake refuses it; svd takes it
+
+
+def test_dora_on_a_fused_module_is_dora_of_the_fused_weight_row_by_row(tmp_path):
+    """LyCORIS DoRA (``dora_scale`` [out, 1]) on ``linear1``: each split layer, patched on its own
+    W0, gets exactly its rows of DoRA computed on the fused weight (q, k, v and the MLP stacked)."""
+    pipe = FLUX.build_tiny(0)
+    block = pipe.transformer.single_transformer_blocks[0]
+    paths = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+    w0 = torch.cat([block.get_submodule(path).weight.detach().float() for path in paths])
+    g = torch.Generator().manual_seed(3)
+    down, up = _dense(g, w0.shape[0], w0.shape[1])
+    magnitude = w0.norm(dim=1, keepdim=True) * (1 + 0.2 * torch.rand(w0.shape[0], 1, generator=g))
+    name = "lora_unet_single_blocks_0_linear1"
+    state = _kohya_state({name: (down, up)}, alpha=2.0) | {f"{name}.dora_scale": magnitude}
+    save_file(state, tmp_path / "dora.safetensors")
+    adapter = _strictly_loaded(tmp_path / "dora.safetensors", pipe.components, FLUX)
+    merged = w0 + (2.0 / 4) * up @ down  # the DoRA paper on the fused weight: m * V / ||V|| per row
+    expected = magnitude * merged / merged.norm(dim=1, keepdim=True) - w0
+    start = 0
+    for path in paths:
+        base = block.get_submodule(path).weight.detach()
+        layer = adapter.layers[("transformer", f"single_transformer_blocks.0.{path}")]
+        assert layer.kind == "dora"
+        got = delta_on(layer, base)
+        torch.testing.assert_close(got, expected[start : start + base.shape[0]], atol=1e-6, rtol=1e-5)
+        start += base.shape[0]
+    assert start == w0.shape[0]
+
+    columns = state | {f"{name}.dora_scale": w0.norm(dim=0, keepdim=True)}  # [1, in]: spans the parts
+    save_file(columns, tmp_path / "columns.safetensors")
+    with pytest.raises(StudioError, match="per-input-column dora_scale .* not supported") as caught:
+        load_adapter(tmp_path / "columns.safetensors", pipe.components, FLUX)
+    assert "columns.safetensors" in str(caught.value)
 
 
 def test_sd_scripts_sd3_names_and_the_last_blocks_shift_scale_order(tmp_path):

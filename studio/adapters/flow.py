@@ -10,7 +10,8 @@ their ``down`` rows, which changes nothing in ΔW and gives each part its own ra
 SD3's last joint block (diffusers' ``AdaLayerNormContinuous``) emits (scale, shift) where
 SAI's layout emits (shift, scale); the two halves of ``up`` are swapped back. LyCORIS kinds
 (LoHa, LoKr, full) on a fused module have no factor to cut by rows: each part is a
-``PartDelta``, its rows of the whole ΔW.
+``PartDelta``, its rows of the whole ΔW. DoRA with one magnitude per output row splits
+by rows too (``FlowTarget._split_dora``); a per-column magnitude spans the parts and is refused.
 """
 
 from __future__ import annotations
@@ -46,17 +47,12 @@ class FlowTarget:
         if not isinstance(layer, LoraDelta) or not layer.is_plain:
             if len(self.refs) == 1 and not self.swap_halves:
                 return [(self.refs[0], layer)]
-            if isinstance(layer, DoraDelta):  # its norms are over the fused rows' base, not one part's
-                raise StudioError(
-                    f"DoRA on the fused module {self.refs[0].path.rsplit('.', 1)[0]} is not supported: "
-                    "its magnitudes rescale the fused weight, which the split layers do not hold"
-                )
-            out, row = [], 0
-            for ref in self.refs:
-                rows = ref.module.weight.shape[0]
-                out.append((ref, PartDelta(layer, self.shape, row, row + rows, self.swap_halves)))
-                row += rows
-            return out
+            if isinstance(layer, DoraDelta):
+                return self._split_dora(layer)
+            return [
+                (ref, PartDelta(layer, self.shape, start, stop, self.swap_halves))
+                for ref, start, stop in self._rows()
+            ]
         up = layer.up.reshape(layer.up.shape[0], -1)
         if self.swap_halves:
             first, second = up.chunk(2, dim=0)
@@ -72,6 +68,42 @@ class FlowTarget:
             keep = used.nonzero().flatten() if not used.all() else slice(None)
             out.append((ref, LoraDelta(down=layer.down[keep], up=piece[:, keep], scale=layer.scale)))
         return out
+
+    def _rows(self) -> list[tuple[ModuleRef, int, int]]:
+        """Each part with its rows ``start:stop`` of the fused weight."""
+        out, row = [], 0
+        for ref in self.refs:
+            rows = ref.module.weight.shape[0]
+            out.append((ref, row, row + rows))
+            row += rows
+        return out
+
+    def _split_dora(self, layer: DoraDelta) -> list[tuple[ModuleRef, Any]]:
+        """DoRA with one magnitude per output row splits exactly: a row's norm is over that row
+        alone, so part i is DoRA of its rows of ΔW with its rows of the magnitude, on its own W0.
+        Every part is kept: a part with ΔW = 0 is still rescaled by its magnitudes."""
+        if layer._axis(self.shape) != 0:
+            raise StudioError(
+                f"DoRA on the fused module {self.name} with a per-input-column dora_scale "
+                f"{list(layer.magnitude.shape)} is not supported: each column's norm spans every "
+                "part of the fused weight, which the split layers hold apart",
+                hint="re-train it with LyCORIS' wd_on_out, its default: one magnitude per output row",
+            )
+        magnitude = layer.magnitude.reshape(-1, 1)
+        if self.swap_halves:
+            first, second = magnitude.chunk(2, dim=0)
+            magnitude = torch.cat([second, first])
+        return [
+            (
+                ref,
+                DoraDelta(
+                    PartDelta(layer.inner, self.shape, start, stop, self.swap_halves),
+                    magnitude[start:stop],
+                    layer.peft,
+                ),
+            )
+            for ref, start, stop in self._rows()
+        ]
 
 
 @dataclass(frozen=True)

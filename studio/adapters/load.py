@@ -244,7 +244,11 @@ def _resolve(
                 path=path,
                 hint="the file is incomplete: re-save the adapter with peft's save_pretrained",
             )
-        for target, piece in fused.split(layer) if fused else [(ref, layer)]:
+        try:
+            pieces = fused.split(layer) if fused else [(ref, layer)]
+        except StudioError as exc:
+            raise StudioError(exc.message, path=path, hint=exc.hint) from None
+        for target, piece in pieces:
             key = (target.component, target.path)
             if key in layers:
                 raise StudioError(
