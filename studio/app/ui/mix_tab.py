@@ -182,8 +182,8 @@ def _slot_column(ctx: AppContext, i: int) -> tuple[SlotForm, SlotView]:
                     )
                 ]
             gr.Markdown(
-                "Blocks: empty = 1; a number, and but for mid `1:0.5` per numbered block. down/mid/up are a "
-                "UNet's (SD 1.x/2.x, SDXL), double/single a flow transformer's (SD3.5, Flux.1)."
+                "Blocks: empty = 1; a number, then `1:0.5` per numbered block (not for mid). down/mid/up are "
+                "a UNet's (SD 1.x/2.x, SDXL), double/single a flow transformer's (SD3.5, Flux.1)."
             )
             lbw = gr.Textbox(
                 label="LoRA Block Weight (A1111)", placeholder="e.g. MIDD, or 17 values: 1,0,0,0,1,1,1,1,…",
