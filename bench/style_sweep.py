@@ -73,6 +73,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # layer: 8x8 and 16x16, 320 against 2,048), so LyCORIS trains it at higher learning rates.
     "lokr-lr2e-3": {"network": "lokr", **_LR2},
     "lokr-lr4e-3": {"network": "lokr", "lr": 4e-3, "te_lr": 2e-3},
+    "dora-lr2e-3": {"dora": True, **_LR2},
     "dora": {"dora": True},
     "loha": {"network": "loha"},
     "cd0.2": {"caption_dropout": 0.2},
