@@ -38,6 +38,9 @@ class DenoiserInput:
     crops: list[tuple[int, int]]  # (y, x) of each crop's top-left corner
     target_size: tuple[int, int]  # (h, w) in pixels of the batch's bucket
     scheduler: Any = None  # the training schedule (flow families shift σ by its config)
+    # ``host_conditioning``'s tensors, made ahead: a step replayed as a CUDA graph makes them
+    # outside the graph (SDXL's time ids come from Python numbers) and passes its copies in.
+    conditioning: dict[str, torch.Tensor] | None = None
 
 
 class Family(ABC):
@@ -60,6 +63,10 @@ class Family(ABC):
     # ``studio.generate.SCHEDULERS`` names that sample this family, its default first.
     samplers: ClassVar[tuple[str, ...]] = ("euler-a", "dpm++2m-karras", "ddim", "unipc")
     default_guidance: ClassVar[float] = 7.0  # ``studio generate``'s guidance scale when none is given
+    # Given ``tokenize_captions``' ids and ``host_conditioning``'s tensors, ``encode_tokens`` and
+    # ``predict`` launch only device work: a training step can be captured and replayed as a
+    # CUDA graph (studio/training/graph_step.py).
+    capturable: ClassVar[bool] = False
 
     # -- identity ---------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class StableDiffusionFamily(Family):
 
     text_encoders = (("text_encoder", "tokenizer"),)
     lora_patterns = UNET_LORA_PATTERNS
+    capturable = True
 
     @property
     def pipeline_class(self) -> type:
@@ -63,10 +64,21 @@ class StableDiffusionFamily(Family):
     def encode_text(
         self, components: dict[str, Any], captions: list[str], device: Any, clip_skip: int | None = None
     ) -> TextEmbeddings:
+        return self.encode_tokens(components, self.tokenize_captions(components, captions, device), clip_skip)
+
+    def tokenize_captions(
+        self, components: dict[str, Any], captions: list[str], device: Any
+    ) -> dict[str, torch.Tensor]:
+        """Each text encoder's token ids: the CPU's part of ``encode_text`` (a step replayed as a
+        CUDA graph runs it outside the graph)."""
+        return {encoder: tokenize(components[tok], captions, device) for encoder, tok in self.text_encoders}
+
+    def encode_tokens(
+        self, components: dict[str, Any], tokens: dict[str, torch.Tensor], clip_skip: int | None = None
+    ) -> TextEmbeddings:
         """The last hidden state; ``clip_skip`` N > 1: the one N layers from the end through the
         final layer norm (sd-scripts' ``get_hidden_states`` and A1111's rule; N = 1 is the last)."""
-        ids = tokenize(components["tokenizer"], captions, device)
-        encoder = components["text_encoder"]
+        ids, encoder = tokens["text_encoder"], components["text_encoder"]
         if not clip_skip or clip_skip == 1:
             return encoder(ids)[0], None
         hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
@@ -118,6 +130,11 @@ class StableDiffusionFamily(Family):
     def added_conditioning(self, batch: DenoiserInput, dtype: torch.dtype) -> dict[str, Any] | None:
         """Extra UNet inputs besides the text's hidden states (none before SDXL)."""
         return None
+
+    def host_conditioning(self, batch: DenoiserInput) -> dict[str, torch.Tensor]:
+        """The denoiser's inputs made from Python numbers, not tensors (none before SDXL): a step
+        replayed as a CUDA graph makes them outside the graph (``DenoiserInput.conditioning``)."""
+        return {}
 
     def predict(self, denoiser: Any, batch: DenoiserInput, dtype: torch.dtype) -> torch.Tensor:
         hidden = batch.text[0].to(dtype)

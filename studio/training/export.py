@@ -28,6 +28,7 @@ NOT_IN_METADATA: dict[str, str] = {
     "resolution": "the size trained at (the option or the model's own) is written (ss_resolution)",
     "compile": "a speed switch: the trained adapter is the same without it",
     "cuda_graphs": "a speed switch: the trained adapter is the same without it",
+    "graph_step": "a speed switch: the trained adapter is the same without it",
     "channels_last": "a speed switch: the trained adapter is the same without it",
     "fused_optimizer": "a speed switch: the trained adapter is the same without it",
     "overlap_steps": "a speed switch: the trained adapter is the same without it",

@@ -56,6 +56,7 @@ class TrainResult:
     images_per_second: float
     stopped: bool = False  # ``on_step`` asked to stop (``"stop"`` or ``StopTraining``)
     checkpoint: Path | None = None  # the checkpoint written at the end
+    graph_replays: int = 0  # micro-steps replayed as CUDA graphs (--graph-step)
 
 
 @dataclass
@@ -207,7 +208,7 @@ def finish(run: TrainRun, stopped: bool) -> TrainResult:
     images = state.micro_step * config.batch_size * accelerator.num_processes
     return TrainResult(
         run.base, outputs, run.run_dir, state.step, state.losses, seconds, images / max(seconds, 1e-9),
-        stopped=stopped, checkpoint=checkpoint,
+        stopped=stopped, checkpoint=checkpoint, graph_replays=run.step_graphs.replays if run.step_graphs else 0,
     )  # fmt: skip
 
 
@@ -224,7 +225,11 @@ def render_previews(run: TrainRun, prompts: list[str], step: int) -> list[Path]:
     def prompt_arguments(prompt: str) -> dict[str, Any]:
         return run.family.prompt_arguments(run.components, prompt, "", run.device, config.clip_skip)
 
-    with on_device([run.components[name] for name in run.parked], run.device), run.evaluating():
+    # Training keeps the VAE in fp32; SD pipelines cast their latents to it, the flow pipelines
+    # (SD3, Flux) hand it the transformer's bf16/fp16 latents, which a CUDA convolution refuses.
+    mixed = run.family.denoiser == "transformer" and run.weight_dtype != torch.float32
+    autocast = torch.autocast(run.device.type, dtype=run.weight_dtype, enabled=mixed)
+    with on_device([run.components[name] for name in run.parked], run.device), run.evaluating(), autocast:
         return render_samples(
             run.base.pipeline, prompts, run.run_dir / "samples", step, run.resolution,
             config.sample_steps, config.seed, prompt_arguments,

@@ -80,6 +80,7 @@ class TrainRun:
     parked: list[str] = field(default_factory=list)  # components waiting on the CPU (low memory)
     started: float = field(default_factory=time.time)
     ema: Any = None  # diffusers' EMAModel over ``params`` (--ema)
+    step_graphs: Any = None  # ``StepGraphs`` replaying each step as a CUDA graph (--graph-step)
     validation_items: list[Any] = field(default_factory=list)  # held-out images (--validation-*)
     validation: list[Any] = field(default_factory=list)  # their fixed latents, noise and timesteps
     _epoch: tuple[int, list[list[int]]] | None = None
@@ -177,6 +178,10 @@ class TrainRun:
         """The family's conditioning, ``--clip-skip`` layers from the end when it is set."""
         skip = {"clip_skip": self.config.clip_skip} if self.config.clip_skip else {}
         return self.family.encode_text(self.components, captions, self.device, **skip)
+
+    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> Any:
+        """``encode_text`` from ``family.tokenize_captions``' ids (capturable families)."""
+        return self.family.encode_tokens(self.components, tokens, self.config.clip_skip)
 
     def validate(self) -> float:
         """The validation loss of the adapter as it is used now (studio/training/validation.py)."""
@@ -302,6 +307,9 @@ def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
         accelerator.init_trackers("studio", config=scalars, init_kwargs={"wandb": {"dir": str(run.run_dir)}})
     if config.resume:
         _resume(run)
+    from studio.training.graph_step import step_graphs_for  # (it builds on this module)
+
+    run.step_graphs = step_graphs_for(run)
     return run
 
 

@@ -95,29 +95,63 @@ def _pixel_size(run: TrainRun, latents: torch.Tensor) -> tuple[int, int]:
 def train_step(run: TrainRun, batch: Batch) -> torch.Tensor:
     """Forward, loss and backward of one micro-batch; the optimizer steps when accumulation is
     complete. Returns the loss, detached and (several processes) averaged, still on the device."""
-    family, accelerator, scheduler = run.family, run.accelerator, run.noise_scheduler
+    if run.step_graphs is not None:
+        return run.step_graphs(run, batch)
     if run.cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
-    with accelerator.accumulate(*run.models.values()):
-        text = _text(run, batch.captions)
-        noisy = family.noisy_latents(scheduler, batch.latents, batch.noise, batch.timesteps)
-        inputs = DenoiserInput(
-            noisy, batch.timesteps, text, batch.original_sizes, batch.crops, _pixel_size(run, batch.latents)
-        )
-        inputs.scheduler = scheduler  # the flow families shift σ by its config
-        prediction = family.predict(run.models[family.denoiser], inputs, run.weight_dtype)
-        target = family.training_target(scheduler, batch.latents, batch.noise, batch.timesteps)
-        if batch.masks is not None:
-            prediction, target = apply_loss_mask(prediction, target, batch.masks)
-        loss = family.training_loss(prediction, target, batch.timesteps, scheduler, run.config.min_snr_gamma)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            average_gradients(run.params)
-            if run.config.max_grad_norm:
-                accelerator.clip_grad_norm_(run.params, run.config.max_grad_norm)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
+    with run.accelerator.accumulate(*run.models.values()):
+        loss = forward_backward(run, batch, _text(run, batch.captions))
+        optimizer_step(run, set_to_none=True)
+    return finished_loss(run, loss)
+
+
+def denoiser_input(
+    run: TrainRun, batch: Batch, text: TextEmbeddings, noisy: torch.Tensor, conditioning: dict | None = None
+) -> DenoiserInput:
+    pixels = _pixel_size(run, batch.latents)
+    return DenoiserInput(
+        noisy,
+        batch.timesteps,
+        text,
+        batch.original_sizes,
+        batch.crops,
+        pixels,
+        run.noise_scheduler,
+        conditioning,
+    )
+
+
+def forward_backward(
+    run: TrainRun, batch: Batch, text: TextEmbeddings, conditioning: dict | None = None
+) -> torch.Tensor:
+    """The loss of ``batch`` and its gradients (added to the parameters' ``.grad``)."""
+    family, scheduler = run.family, run.noise_scheduler
+    noisy = family.noisy_latents(scheduler, batch.latents, batch.noise, batch.timesteps)
+    inputs = denoiser_input(
+        run, batch, text, noisy, conditioning
+    )  # the flow families shift σ by its scheduler
+    prediction = family.predict(run.models[family.denoiser], inputs, run.weight_dtype)
+    target = family.training_target(scheduler, batch.latents, batch.noise, batch.timesteps)
+    if batch.masks is not None:
+        prediction, target = apply_loss_mask(prediction, target, batch.masks)
+    loss = family.training_loss(prediction, target, batch.timesteps, scheduler, run.config.min_snr_gamma)
+    run.accelerator.backward(loss)
+    return loss
+
+
+def optimizer_step(run: TrainRun, set_to_none: bool) -> None:
+    """At an accumulation boundary: average (several processes), clip, step, zero the gradients.
+    ``set_to_none=False`` zeroes them in place, for a CUDA graph that writes into them."""
+    if run.accelerator.sync_gradients:
+        average_gradients(run.params)
+        if run.config.max_grad_norm:
+            run.accelerator.clip_grad_norm_(run.params, run.config.max_grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=set_to_none)
+
+
+def finished_loss(run: TrainRun, loss: torch.Tensor) -> torch.Tensor:
     loss = loss.detach()
-    if accelerator.num_processes > 1:
-        loss = accelerator.reduce(loss, "mean")
+    if run.accelerator.num_processes > 1:
+        loss = run.accelerator.reduce(loss, "mean")
     return loss

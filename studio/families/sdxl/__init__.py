@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from studio.families.base import DenoiserInput, TextEmbeddings
-from studio.families.stable_diffusion import StableDiffusionFamily, is_unet_pipeline, tokenize
+from studio.families.stable_diffusion import StableDiffusionFamily, is_unet_pipeline
 
 
 def sdxl_time_ids(
@@ -49,16 +49,15 @@ class SDXLFamily(StableDiffusionFamily):
     def matches_checkpoint(self, keys: set[str]) -> bool:
         return any(k.startswith("conditioner.embedders.1.") for k in keys)  # SGM's second embedder
 
-    def encode_text(
-        self, components: dict[str, Any], captions: list[str], device: Any, clip_skip: int | None = None
+    def encode_tokens(
+        self, components: dict[str, Any], tokens: dict[str, torch.Tensor], clip_skip: int | None = None
     ) -> TextEmbeddings:
         """Both encoders' hidden state ``clip_skip`` layers from the end (2, the penultimate, by
         default: SDXL's own conditioning, which is what "clip skip 2" means for Illustrious or Pony)."""
         hidden = []
         pooled = None
-        for te_name, tok_name in self.text_encoders:
-            ids = tokenize(components[tok_name], captions, device)
-            out = components[te_name](ids, output_hidden_states=True)
+        for te_name, _ in self.text_encoders:
+            out = components[te_name](tokens[te_name], output_hidden_states=True)
             hidden.append(out.hidden_states[-(clip_skip or 2)])
             if te_name == "text_encoder_2":
                 pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
@@ -80,9 +79,16 @@ class SDXLFamily(StableDiffusionFamily):
         }
 
     def added_conditioning(self, batch: DenoiserInput, dtype: torch.dtype) -> dict[str, Any]:
-        pooled = batch.text[1]
-        time_ids = sdxl_time_ids(batch.original_sizes, batch.crops, batch.target_size, batch.noisy.device)
-        return {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
+        time_ids = (batch.conditioning or self.host_conditioning(batch))["time_ids"]
+        return {"text_embeds": batch.text[1].to(dtype), "time_ids": time_ids.to(dtype)}
+
+    def host_conditioning(self, batch: DenoiserInput) -> dict[str, torch.Tensor]:
+        """The size and crop "micro-conditioning" (from each image's Python numbers)."""
+        return {
+            "time_ids": sdxl_time_ids(
+                batch.original_sizes, batch.crops, batch.target_size, batch.noisy.device
+            )
+        }
 
     def build_tiny(self, seed: int = 0, prediction_type: str = "epsilon") -> Any:
         from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
