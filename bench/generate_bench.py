@@ -81,6 +81,9 @@ class Bench:
         self.device = args.device
         self.started = time.perf_counter()
         self.pipe = build_pipeline(args.model, args.device, getattr(torch, args.dtype))
+        self.pipe.vae.to(
+            getattr(torch, args.dtype)
+        )  # one dtype, as a loaded base (the flow bases' VAE is built fp32)
         self.family = detect_family(self.pipe.components)
         self.settings = GenerationSettings(
             prompt="a watercolor painting of a lighthouse at dusk",

@@ -258,10 +258,14 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     results = []
+    rows = parse_rows(args.rows)
+    # Enough images for the largest batch: a batch never holds more than the dataset (20 images
+    # made every "batch 32" row of 2026-11-24 a batch of 20).
+    args.images = max([args.images, *(row.batch for row in rows)])
     with tempfile.TemporaryDirectory() as tmp:
         data = write_dataset(Path(tmp) / "data", args.images, args.resolution)
         images, captions = load_images(data, args.resolution)
-        for row in parse_rows(args.rows):
+        for row in rows:
             result = measure(row, args, data, images, captions)
             results.append(result)
             print(json.dumps(result), flush=True)

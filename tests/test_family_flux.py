@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import T5TokenizerFast
 
 from studio.config import TrainConfig
@@ -268,3 +269,17 @@ def test_a_transformer_only_file_without_a_config_asks_for_one(tmp_path):
         load_base(path)
     assert "--base-config" in caught.value.hint and "black-forest-labs/FLUX.1-dev" in caught.value.hint
     assert caught.value.path == str(path)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", [FLUX, SD3], ids=["flux", "sd3"])
+def test_bf16_previews_render_on_the_gpu(tmp_path, family):
+    """bf16 training keeps the VAE in fp32; the flow pipelines' bf16 latents must still decode."""
+    dataset = make_demo_dataset(tmp_path / "data", count=2)
+    config = TrainConfig(
+        data=str(dataset), output=str(tmp_path / "style.safetensors"), resolution=64, batch_size=2, rank=4,
+        steps=1, train_text_encoder=False, sample_every=1, sample_steps=1, mixed_precision="bf16",
+    )  # fmt: skip
+    result = train(config, base=BaseModel(family.build_tiny(0), family, "epsilon", "tiny"))
+    previews = sorted((result.run_dir / "samples").glob("step-000001-*.png"))
+    assert previews and all(np.asarray(Image.open(p)).std() > 0 for p in previews)
