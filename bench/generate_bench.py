@@ -94,7 +94,9 @@ class Bench:
             width=args.size,
             height=args.size,
         )
-        self.results = Results(meta={k: str(v) for k, v in vars(args).items()})
+        self.results = Results(
+            meta={k: str(v) for k, v in vars(args).items()} | {"guidance": self.settings.guidance}
+        )
         self.images: dict[str, np.ndarray] = {}
         self.peaks: dict[str, float] = {}
 
@@ -378,7 +380,7 @@ def print_tables(results: Results) -> None:
         return f"{median[label] / row['s_per_image']:.2f}×" if label in median else "—"
 
     print(
-        f"\n{meta['model']}, {meta['dtype']}, {meta['steps']} steps, CFG 7, rank {meta['rank']} '{meta['preset']}'"
+        f"\n{meta['model']}, {meta['dtype']}, {meta['steps']} steps, guidance {meta['guidance']}, rank {meta['rank']} '{meta['preset']}'"
     )
     print("| path | N | s/img (median) | min – max | runs | speed-up vs bare base | vs diffusers unfused, same N | peak GiB |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
