@@ -4,7 +4,7 @@ batch shape, with no compiler.
 Why: at small batches a LoRA step on SD 1.5 is bound by the CPU launching a few thousand
 small kernels, not by the GPU (BENCHMARKS.md: 182 ms a step at batch 4, 186 ms at batch 16).
 A captured graph launches them all at once. It runs the eager step's own kernels, so the
-losses are the eager step's (tests/test_train_speed.py compares them on a GPU), and capturing
+losses are the eager step's (tests/test_graph_step.py compares them on a GPU), and capturing
 costs one step where inductor's ``--cuda-graphs`` compiles for minutes.
 
 A graph replays fixed addresses, so each batch is copied into the tensors it was captured
@@ -25,7 +25,14 @@ import torch
 
 from studio.errors import StudioError
 from studio.training.run import TrainRun
-from studio.training.step import Batch, _text, denoiser_input, finished_loss, forward_backward, optimizer_step
+from studio.training.step import (
+    Batch,
+    batch_text,
+    denoiser_input,
+    finished_loss,
+    forward_backward,
+    optimizer_step,
+)
 
 WARMUP = 2  # eager steps of a shape before its capture (cuDNN and cuBLAS pick their kernels)
 
@@ -68,7 +75,7 @@ class StepGraphs:
         if run.config.train_text_encoder:  # the encoders run in the graph, on ids made outside it
             tokens, text = family.tokenize_captions(run.components, batch.captions, run.device), (None, None)
         else:
-            tokens, text = {}, _text(run, batch.captions)
+            tokens, text = {}, batch_text(run, batch.captions)
         host = family.host_conditioning(denoiser_input(run, batch, text, batch.latents))
         inputs = _inputs(batch, text, tokens, host)
         shape = tuple((name, t.shape, t.dtype, t.stride()) for name, t in inputs.items())

@@ -78,7 +78,7 @@ def _latent(run: TrainRun, sample: int, rng: random.Random) -> tuple[torch.Tenso
     return run.latent(index, rng)
 
 
-def _text(run: TrainRun, captions: list[str]) -> TextEmbeddings:
+def batch_text(run: TrainRun, captions: list[str]) -> TextEmbeddings:
     """Text conditioning: encoded now when the text encoders train, else from the cache."""
     if run.config.train_text_encoder:
         return run.encode_text(captions)
@@ -100,7 +100,7 @@ def train_step(run: TrainRun, batch: Batch) -> torch.Tensor:
     if run.cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
     with run.accelerator.accumulate(*run.models.values()):
-        loss = forward_backward(run, batch, _text(run, batch.captions))
+        loss = forward_backward(run, batch, batch_text(run, batch.captions))
         optimizer_step(run, set_to_none=True)
     return finished_loss(run, loss)
 
