@@ -78,6 +78,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # DoRA fell short only on ink (57% at lr 1e-3, 56% at 2e-3, CPU): twice the rank for the direction.
     "dora-r16": {"dora": True, "rank": 16, "alpha": 16.0},
     "lokr-r16-lr2e-3": {"network": "lokr", "rank": 16, "alpha": 16.0, **_LR2},
+    # --lokr-factor 2: on a 128-wide layer w1 2x2 and w2 64x64 at rank 8 (1,028 weights, against
+    # the balanced 8x8 and 16x16: 320).
+    "lokr-f2": {"network": "lokr", "lokr_factor": 2},
+    "lokr-f2-lr2e-3": {"network": "lokr", "lokr_factor": 2, **_LR2},
     "loha": {"network": "loha"},
     "cd0.2": {"caption_dropout": 0.2},
     "s400": {"steps": 400},

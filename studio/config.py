@@ -103,6 +103,14 @@ class TrainConfig:
         show=CLI | ADVANCED,
         label="Conv alpha (empty = conv rank/2)",
     )
+    lokr_factor: int | None = option(
+        None,
+        "LoKr's Kronecker factor, as LyCORIS' factor: the side of its small matrix (unset: as square as the layer allows)",
+        minimum=1,
+        metavar="F",
+        show=CLI | ADVANCED,
+        label="LoKr factor (empty = balanced)",
+    )
     train_text_encoder: bool = option(
         True,
         "freeze the text encoder(s) and cache their outputs",
@@ -433,6 +441,8 @@ class TrainConfig:
         found = []
         if self.dora and self.network in ("loha", "lokr"):
             found.append(f"--dora applies to lora and locon; peft has no DoRA form of {self.network}")
+        if self.lokr_factor is not None and self.network != "lokr":
+            found.append(f"--lokr-factor applies to --network lokr, not {self.network}")
         if self.network in ("loha", "lokr") and self.format != "kohya":
             found.append(
                 f"--format {self.format}: diffusers/peft files hold LoRA only; {self.network} is written "

@@ -33,6 +33,7 @@ SPECS = {  # rank 4 makes LoKr's factors whole matrices on the tiny 32-wide laye
     "loha": NetworkSpec("loha", 4, 3.0, conv_rank=2, conv_alpha=1.5),
     "lokr": NetworkSpec("lokr", 4, 3.0, conv_rank=2, conv_alpha=1.5),
     "lokr-factored": NetworkSpec("lokr", 2, 3.0),
+    "lokr-factor-2": NetworkSpec("lokr", 2, 3.0, lokr_factor=2),  # w1 2x2 (balanced: 4x4 to 16x8)
 }
 
 
@@ -75,6 +76,12 @@ def test_each_network_round_trips_through_the_studio_loader_and_the_mixer(tmp_pa
     if spec.has_convs:  # the ResNet 3x3 convs are in, at the conv rank
         convs = [key for key, layer in layers.items() if key[1].endswith("resnets.0.conv1")]
         assert convs and all(layers[key].r["default"] == spec.conv_rank for key in convs)
+    if spec.lokr_factor:  # LyCORIS' factor is the small Kronecker matrix's side (1 where a width is 1)
+        assert {tuple(layer.lokr_w1["default"].shape) for layer in layers.values()} == {
+            (2, 2),
+            (1, 2),
+            (2, 1),
+        }
     if name == "lokr":  # both LoKr factors whole on the linears: LyCORIS' scale-1 rule applies
         whole = [k for k, layer in layers.items() if "default" in getattr(layer, "lokr_w2", {})]
         assert whole and any("default" in layer.lokr_w2_a for layer in layers.values())
@@ -156,6 +163,7 @@ def test_dora_is_written_as_lycoris_dora_scale_on_the_output_axis(tmp_path):
             "lycoris.kohya",
             {"algo": "lokr", "conv_dim": "2", "conv_alpha": "1"},
         ),
+        ({"network": "lokr", "lokr_factor": 4}, "lycoris.kohya", {"algo": "lokr", "factor": "4"}),
         ({"dora": True}, "lycoris.kohya", {"algo": "lora", "dora_wd": "True"}),
         (
             {"network": "locon", "dora": True},
@@ -178,6 +186,7 @@ def test_network_metadata_is_what_sd_scripts_and_lycoris_write(overrides, module
         (["--network", "lokr", "--format", "diffusers"], "diffusers/peft files hold LoRA only"),
         (["--dora", "--format", "both"], "DoRA (dora_scale) in kohya/LyCORIS files only"),
         (["--conv-rank", "0"], "conv_rank = 0 must be >= 1"),
+        (["--lokr-factor", "4"], "--lokr-factor applies to --network lokr, not lora"),
     ],
 )
 def test_impossible_network_options_exit_2_in_one_line(tmp_path, capsys, flags, says):

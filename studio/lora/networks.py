@@ -30,6 +30,7 @@ class NetworkSpec:
     conv_rank: int | None = None
     conv_alpha: float | None = None
     dora: bool = False
+    lokr_factor: int | None = None  # LyCORIS' factor; None: peft's and LyCORIS' balanced split (-1)
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -44,6 +45,7 @@ class NetworkSpec:
             conv_rank=config.effective_conv_rank,
             conv_alpha=config.effective_conv_alpha,
             dora=config.dora,
+            lokr_factor=config.lokr_factor,
         )
 
     @property
@@ -60,7 +62,8 @@ class NetworkSpec:
         if self.network == "loha":
             return LoHaConfig(alpha=self.alpha, init_weights=True, **common)
         if self.network == "lokr":
-            return LoKrConfig(alpha=self.alpha, init_weights=True, **common)
+            factor = -1 if self.lokr_factor is None else self.lokr_factor
+            return LoKrConfig(alpha=self.alpha, init_weights=True, decompose_factor=factor, **common)
         return LoraConfig(lora_alpha=self.alpha, init_lora_weights=True, use_dora=self.dora, **common)
 
     def kohya_module(self) -> str:
@@ -77,6 +80,8 @@ class NetworkSpec:
         if self.has_convs:
             args["conv_dim"] = str(self.conv_rank)
             args["conv_alpha"] = f"{self.conv_alpha:g}"
+        if self.network == "lokr" and self.lokr_factor is not None:
+            args["factor"] = str(self.lokr_factor)
         if self.dora:
             args["dora_wd"] = "True"
         return args
