@@ -46,7 +46,7 @@ def graph_step_blocker(run: TrainRun) -> str | None:
         return "compiled (--cuda-graphs replays inductor's graphs instead)"
     if not run.family.capturable:
         return f"the {run.family.display_name} denoiser is not captured yet"
-    if config.gradient_checkpointing or config.low_memory:
+    if config.gradient_checkpointing:  # (--low-memory turns it on)
         return "gradient checkpointing (its recomputation cannot be captured)"
     return None
 
