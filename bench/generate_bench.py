@@ -9,7 +9,8 @@ generations, all through ``GenerationSession.generate``:
   order, so a slow drift of the machine (seen: ±15% over a minute) hits all of them alike;
 * diffusers: ``load_lora_weights`` + ``set_adapters`` (peft layers run at every step), same N;
 * diffusers ``fuse_lora`` of the 3-adapter blend (unless ``--skip-fused``);
-* with ``--compile SPEC`` (repeatable; an inductor mode such as "reduce-overhead", or a
+* with ``--compile SPEC`` (repeatable; ``graphs`` for the eager UNet and VAE decoder replayed
+  as CUDA graphs, the CLI's default on a GPU, ``graphs-nhwc`` with channels-last weights; an inductor mode such as "reduce-overhead"; or a
   backend), ours through the fast path (``FastPath``: UNet compiled, channels-last) with 3
   adapters, last (after diffusers' adapters are unloaded and the base is checked intact): the
   first image, compilation included, then ``--repeats`` images; then a slider change followed
@@ -25,6 +26,7 @@ it too, and its patched weights are checked bit for bit against ours.
     python bench/generate_bench.py --model sd15 --json sd15.json       # GPU, fp16, 512 px
     python bench/generate_bench.py --model sdxl --repeats 3            # GPU, fp16, 1024 px
     python bench/generate_bench.py --model sd15 --counts 3 --skip-fused --compile reduce-overhead
+    python bench/generate_bench.py --model sd15 --counts 3 --skip-fused --compile graphs --compile graphs-nhwc
     python bench/generate_bench.py --tiny                              # CPU smoke run
     python bench/generate_bench.py --tiny --counts 3 --compile aot_eager
 """
@@ -41,7 +43,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ from common import build_pipeline, peak_gib, reset_peak, timed, write_random_lor
 from torch._dynamo.utils import counters
 
 from studio.adapters import load_adapter
-from studio.generate import FastPath, GenerationSession
+from studio.generate import DEFAULT, FastPath, GenerationSession
 from studio.mixer import AdapterWeights, BlendItem
 from studio.models.family import detect_family
 from studio.recipes import GenerationSettings
@@ -252,7 +254,7 @@ class Bench:
     def compiled(self, spec: str, adapters: list) -> None:
         """Our fast path with ``COMPILED`` adapters: first image (compiling), timed images, slider changes."""
         label = f"ours compiled ({spec}) N={COMPILED}"
-        fast = FastPath.parse(spec, channels_last=self.args.channels_last)
+        fast = fast_path(spec, self.args.channels_last)
         session = GenerationSession(self.pipe, base=self.args.model, family=self.family, fast=fast)
         session.set_blend(blend(adapters, COMPILED))
         graphs, skips = counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
@@ -263,6 +265,8 @@ class Bench:
         self.check(f"compile seconds ({spec}): first image - median", first - statistics.median(times))
         self.check(f"graphs compiled ({spec})", counters["stats"]["unique_graphs"] - graphs)
         self.check(f"CUDA graph skips ({spec})", counters["inductor"]["cudagraph_skips"] - skips)
+        if session.graphs:
+            self.check(f"eager graphs captured ({spec})", [g.captures for g in session.graphs])
         graphs = counters["stats"]["unique_graphs"]
         moved = {}
         for weight in (FLIPPED, WEIGHTS[0]):
@@ -344,6 +348,14 @@ class Bench:
         self.image_checks()
         self.results.save(args.json)
         return self.results
+
+
+def fast_path(spec: str, channels_last: bool) -> FastPath:
+    """``graphs``: the eager UNet and VAE decoder replayed as CUDA graphs (the CLI's default on a
+    GPU), ``graphs-nhwc`` the same with channels-last weights; else an inductor mode or backend."""
+    if spec in ("graphs", "graphs-nhwc"):
+        return replace(DEFAULT, channels_last=spec == "graphs-nhwc")
+    return FastPath.parse(spec, channels_last=channels_last)
 
 
 def blend(adapters: list, n: int, first_weight: float | None = None) -> list[BlendItem]:
@@ -432,7 +444,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="SPEC",
-        help="add our compiled rows: an inductor mode (reduce-overhead, default...) or a backend; repeatable",
+        help="add our fast rows: graphs (eager CUDA graphs), an inductor mode (reduce-overhead, "
+        "default...) or a backend; repeatable",
     )
     parser.add_argument(
         "--channels-last",

@@ -14,6 +14,6 @@ python3 -c "import torch, transformers, diffusers, peft; print('torch', torch.__
   transformers.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__)" | tee -a "$out/env.txt"
 files=("${@:3}")
 [ ${#files[@]} -gt 0 ] || files=(tests/test_mixer_engine.py tests/test_train_speed.py tests/test_train_fp8.py
-  tests/test_generate_compile.py tests/test_graph_step.py)
+  tests/test_generate_compile.py tests/test_graph_step.py tests/test_inference_graphs.py)
 timeout "${2:-500}" python3 -m pytest -q -p no:cacheprovider -m gpu --durations=5 "${files[@]}" 2>&1 \
   | tee "$out/gpu_tests.log" | tail -12

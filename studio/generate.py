@@ -35,6 +35,7 @@ from studio.atomic import atomic_path
 from studio.compile_cache import use_persistent_compile_cache
 from studio.errors import StudioError
 from studio.families import Family, detect_family, get_family
+from studio.inference_graphs import GraphedForward, graph_blocker, replay_forward
 from studio.mixer import AdapterWeights, BlendEngine, BlendItem, PatchStats
 from studio.recipes import PNG_KEY, GenerationSettings, Recipe, recipe_for
 
@@ -157,11 +158,21 @@ class FastPath:
     graphs take the parameters as inputs (never as constants: inductor's ``freezing`` is
     refused) and CUDA graphs read them at their unchanged addresses. A new size, batch or
     scheduler compiles once more (past torch._dynamo's recompile limit, such a shape runs eager).
+    ``graphs`` gets most of that with no compiler: the eager UNet and VAE decoder captured as
+    CUDA graphs (studio/inference_graphs.py), in two forwards rather than a minute.
     """
 
     compile: str | None = None  # torch.compile mode of the UNet, one of INDUCTOR_MODES; None: eager
     backend: str = "inductor"  # any other torch.compile backend ("cudagraphs", "aot_eager") takes no mode
     channels_last: bool = False  # UNet convolution weights in NHWC, the layout fp16 conv kernels prefer
+    graphs: bool = False  # replay the eager UNet and VAE decoder as CUDA graphs (a CUDA device only)
+
+    @classmethod
+    def choose(cls, compile: str | None, graphs: bool = True) -> FastPath:
+        """The CLI's and the app's path: compiled when asked, else graph replay unless refused."""
+        if compile:
+            return cls.parse(compile)
+        return DEFAULT if graphs else PLAIN
 
     @classmethod
     def parse(cls, spec: str, channels_last: bool = True) -> FastPath:
@@ -174,6 +185,7 @@ class FastPath:
 
 
 PLAIN = FastPath()  # the plain eager path, every switch off
+DEFAULT = FastPath(graphs=True)  # what a user gets: eager kernels, replayed as graphs on a GPU
 
 
 def _compile_unet(unet: nn.Module, fast: FastPath) -> Any:
@@ -232,11 +244,19 @@ class GenerationSession:
         self.fast = fast
         self.denoiser = pipeline.components[self.model_family.denoiser]
         self._compiled = _compile_unet(self.denoiser, fast) if fast.compile else None
+        self.graphs = self._replay_as_graphs() if fast.graphs and not fast.compile else []
         if fast.channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
         # CUDA graph trees are kept per thread: a thread of its own keeps one set of graphs
         # whichever thread (a web server's pool) asks for the image.
         self._runner = ThreadPoolExecutor(1, "studio-generate", _graph_thread) if fast.compile else None
+
+    def _replay_as_graphs(self) -> list[GraphedForward]:
+        """The denoiser and VAE decoder replayed as CUDA graphs, where they can be (else none)."""
+        if graph_blocker(self.denoiser, self.model_family.capturable):
+            return []
+        pool = torch.cuda.graph_pool_handle()
+        return [replay_forward(module, pool) for module in (self.denoiser, self.pipeline.vae.decoder)]
 
     def add_adapter(
         self,
@@ -344,3 +364,7 @@ class GenerationSession:
             self._runner.shutdown()
         if self.fast.channels_last:
             unet.to(memory_format=torch.contiguous_format)
+        for graphed in self.graphs:
+            if vars(graphed.module).get("forward") is graphed:
+                del graphed.module.forward
+        self.graphs = []

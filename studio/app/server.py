@@ -28,6 +28,7 @@ class AppConfig:
     max_files: int = 2000
     queue_size: int = 64
     compile: str | None = None  # torch.compile mode of the Mix tab's UNet (studio.generate.FastPath.parse)
+    graphs: bool = True  # else the Mix tab launches each GPU kernel eagerly (studio.generate.FastPath)
     gpus: int | None = None  # training jobs at once, one per GPU (None: every visible GPU, or 1 on CPU)
 
 
@@ -54,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", nargs="?", const="reduce-overhead", metavar="MODE",
                         help="compile the Mix tab's UNet (a GPU's fast path; each new size compiles once; "
                         "MODE as in 'studio generate --help', default reduce-overhead)")  # fmt: skip
+    parser.add_argument("--no-graphs", dest="graphs", action="store_false",
+                        help="the Mix tab launches each GPU kernel eagerly (default: replayed as CUDA graphs)")  # fmt: skip
     parser.add_argument("--gpus", type=int, metavar="N",
                         help="run up to N training jobs at once, one per GPU (default: every visible GPU; "
                         "1 on a machine without CUDA, where N > 1 runs N CPU jobs at once)")  # fmt: skip
@@ -63,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     return AppConfig(
         workspace=args.workspace, host=args.host, port=args.port, share=args.share, auth=args.auth,
         max_upload_mb=args.max_upload_mb, max_files=args.max_files, queue_size=args.queue_size,
-        compile=args.compile, gpus=args.gpus,
+        compile=args.compile, graphs=args.graphs, gpus=args.gpus,
     )  # fmt: skip
 
 
@@ -133,10 +136,10 @@ def launch(config: AppConfig, *, block: bool = True):
 
     from studio.app.context import AppContext
     from studio.app.uploads import UploadLimits
-    from studio.generate import PLAIN, FastPath
+    from studio.generate import FastPath
 
     limits = UploadLimits(max_bytes=config.max_upload_mb << 20, max_files=config.max_files)
-    fast = FastPath.parse(config.compile) if config.compile else PLAIN
+    fast = FastPath.choose(config.compile, config.graphs)
     from studio.app.jobs import device_slots
 
     ctx = AppContext.open(str(ws.root), limits, fast, slots=device_slots(config.gpus))

@@ -20,7 +20,7 @@ from pathlib import Path
 from studio.adapters import Adapter, AdapterWarning, load_adapter
 from studio.errors import StudioError
 from studio.formats.safetensors_io import read_header
-from studio.generate import INDUCTOR_MODES, PLAIN, SCHEDULERS, FastPath, GenerationSession
+from studio.generate import INDUCTOR_MODES, SCHEDULERS, FastPath, GenerationSession
 from studio.mixer import AdapterWeights, BlendItem
 from studio.recipes import GenerationSettings, load_blend, read_recipe
 
@@ -115,10 +115,16 @@ def add_compile_option(parser: argparse.ArgumentParser) -> None:
         help="compile the UNet, channels-last (a GPU's fast path; the first image waits for the compiler); "
         f"MODE: {', '.join(INDUCTOR_MODES)} or a torch.compile backend (default reduce-overhead: CUDA graphs)",
     )
+    parser.add_argument(
+        "--no-graphs",
+        dest="graphs",
+        action="store_false",
+        help="launch each GPU kernel eagerly (by default a GPU replays the UNet and VAE decoder as CUDA graphs)",
+    )
 
 
 def fast_path(args: argparse.Namespace) -> FastPath:
-    return FastPath.parse(args.compile) if args.compile else PLAIN
+    return FastPath.choose(args.compile, args.graphs)
 
 
 @contextmanager
