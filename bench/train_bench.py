@@ -19,6 +19,7 @@ plus activation gradients) against the GPU's dense bf16 peak.
     python bench/train_bench.py --model sdxl --rows ref:4,ours+compile:4,ours+low_memory:1
     python bench/train_bench.py --model default --rows ref:8,ours:8 --device cpu   # CPU figures
     python bench/train_bench.py --model sd15 --e2e 1000        # 20 images, batch 4, wall time
+    python bench/train_bench.py --model sd15 --rows ours:32 --profile   # kernel time by category
 
 Row syntax: ``KIND[+switch...]:BATCH`` where switches are TrainConfig booleans
 (``compile``, ``channels_last``, ``low_memory``, ``gradient_checkpointing``, ``no_overlap``).
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from common import build_pipeline, parse_row_specs, peak_gib, reset_peak
 from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
+from kernel_profile import KernelProfile
 from peft import LoraConfig
 from PIL import Image
 
@@ -56,6 +58,7 @@ from studio.training.recipe import StepEvent, train
 TFLOP_PER_IMAGE = {"sd15": (1.73, 512), "sdxl": (14.2, 1024)}
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
 RANK, TARGETS = 16, ["to_q", "to_k", "to_v", "to_out.0"]
+PROFILED = 5  # steps in a --profile window
 
 
 @dataclass
@@ -147,7 +150,9 @@ def reference_loop(base: BaseModel, images: torch.Tensor, captions: list[str], r
     return stamps
 
 
-def ours(base: BaseModel, data: Path, out: Path, row: Row, args, steps: int | None = None) -> list[float]:
+def ours(
+    base: BaseModel, data: Path, out: Path, row: Row, args, steps: int | None = None, profile=None
+) -> list[float]:
     switches = {s.removeprefix("no_"): not s.startswith("no_") for s in row.switches}
     if "overlap" in switches:
         switches["overlap_steps"] = switches.pop("overlap")
@@ -169,6 +174,8 @@ def ours(base: BaseModel, data: Path, out: Path, row: Row, args, steps: int | No
 
     def on_step(event: StepEvent) -> None:
         stamps.append(time.perf_counter())
+        if profile is not None:
+            profile.on_step(event)
 
     train(config, on_step=on_step, base=base)
     return stamps
@@ -181,11 +188,12 @@ def measure(row: Row, args, data: Path, images: torch.Tensor, captions: list[str
     base = fresh_base(args.model, args.device)
     reset_peak(args.device)
     started = time.perf_counter()
+    profile = KernelProfile(args.warmup + args.steps - PROFILED, PROFILED) if args.profile else None
     with tempfile.TemporaryDirectory() as tmp:
         if row.kind == "ref":
             stamps = reference_loop(base, images, captions, row, args)
         else:
-            stamps = ours(base, data, Path(tmp), row, args)
+            stamps = ours(base, data, Path(tmp), row, args, profile=profile)
     wall = time.perf_counter() - started
     timed = stamps[args.warmup :]
     seconds = timed[-1] - stamps[args.warmup - 1]
@@ -201,6 +209,8 @@ def measure(row: Row, args, data: Path, images: torch.Tensor, captions: list[str
     }
     if flops and args.device == "cuda":
         result["mfu"] = img_s * flops / args.peak_tflops
+    if profile is not None and profile.ms:
+        result["profile"] = profile.summary()
     del base
     return result
 
@@ -210,6 +220,18 @@ def load_images(data: Path, size: int) -> tuple[torch.Tensor, list[str]]:
     arrays = [np.asarray(Image.open(p).convert("RGB"), np.float32) / 127.5 - 1 for p in paths]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return images, [p.with_suffix(".txt").read_text() for p in paths]
+
+
+def print_profiles(results: list[dict[str, Any]]) -> None:
+    """Kernel time by category, ms per step and share of the step (the last PROFILED steps)."""
+    for r in results:
+        if "profile" in r:
+            p = r["profile"]
+            print(f"\nkernel time, {r['row']}: {p['ms_per_step']:.1f} ms a step")
+            for name, ms in p["by_category_ms"].items():
+                print(f"  {name:<22} {ms:8.2f} ms  {p['by_category_pct'][name]:5.1f}%")
+            for name, ms in p["largest_kernels_ms"]:
+                print(f"    {ms:7.2f} ms  {name}")
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
@@ -244,6 +266,9 @@ def main() -> None:
         action="store_true",
         help="under a one-process torchrun, all-reduce the gradients anyway (timing only: they are halved)",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="kernel time by category over each ours row's last steps"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.force_allreduce:  # the cost of a multi-GPU step's all-reduce, short of the wire
@@ -277,6 +302,7 @@ def main() -> None:
             e2e = {"row": f"e2e {row.label} {args.e2e} steps", "wall_s": time.perf_counter() - started}
             print(json.dumps(e2e), flush=True)
     print_table(results)
+    print_profiles(results)
     if args.e2e:
         print(f"\nend to end: {args.e2e} steps, batch 4, {args.images} images: {e2e['wall_s']:.1f} s wall")
     if args.json:
