@@ -4,6 +4,7 @@
 after step ``start`` and stops after ``start + steps``, then sums each kernel's device time
 into categories by its name. The GPU-idle share is the wall time of the window not covered
 by any kernel (launch gaps, host work), so the categories and idle add up to the wall time.
+Without CUDA it profiles CPU operators instead (nested ones counted twice: a smoke run only).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 CATEGORIES = (
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
     ("convolution", r"conv|fprop|dgrad|wgrad|implicit"),
-    ("matmul", r"gemm|cutlass|nvjet|xmma|cublas|matmul|sm\d\d_"),
+    ("matmul", r"gemm|cutlass|nvjet|xmma|cublas|matmul|sm\d\d_|aten::(add|b)?mm"),
     ("norm", r"norm|welford|moments"),
     ("optimizer", r"multi_tensor|adam|foreach"),
     ("copy / cast", r"copy|memcpy|memset|cat|to_copy|fill"),
@@ -41,12 +42,13 @@ class KernelProfile:
     def on_step(self, _event: Any = None) -> None:
         self.seen += 1
         if self.seen == self.start:
-            torch.cuda.synchronize()
-            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            _synchronize()
+            activity = torch.profiler.ProfilerActivity
+            self.profiler = torch.profiler.profile(activities=[activity.CUDA if CUDA else activity.CPU])
             self.profiler.__enter__()
             self.started = time.perf_counter()
         elif self.seen == self.start + self.steps and self.profiler is not None:
-            torch.cuda.synchronize()
+            _synchronize()
             self.wall = time.perf_counter() - self.started
             self.profiler.__exit__(None, None, None)
             self._summarise()
@@ -54,8 +56,10 @@ class KernelProfile:
     def _summarise(self) -> None:
         per_kernel: dict[str, float] = {}
         for event in self.profiler.events():
-            if event.device_type == torch.autograd.DeviceType.CUDA:
+            if CUDA and event.device_type == torch.autograd.DeviceType.CUDA:
                 per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.device_time / 1000
+            elif not CUDA:
+                per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.self_cpu_time_total / 1000
         totals = dict.fromkeys([name for name, _ in CATEGORIES] + ["other"], 0.0)
         for name, ms in per_kernel.items():
             totals[category(name)] += ms
@@ -74,6 +78,14 @@ class KernelProfile:
             "by_category_pct": {k: 100 * v / step for k, v in self.ms.items()} if step else {},
             "largest_kernels_ms": self.top,
         }
+
+
+CUDA = torch.cuda.is_available()
+
+
+def _synchronize() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
 
 
 def category(kernel: str) -> str:

@@ -7,7 +7,8 @@
 # sd-scripts' own files are in .peer/sd-scripts (git archive of kohya-ss/sd-scripts; never committed).
 #
 #   bench/run_peer_gpu.sh OUT_DIR MODEL DEADLINE_S RUN...
-#   RUN = NAME:STEPS[:TIMEOUT_S]   NAME in sd-scripts, ours-eager, ours-graphs
+#   RUN = NAME:STEPS[:TIMEOUT_S]   NAME in sd-scripts, ours (the default: graph-replayed steps since
+#   2026-12-03), ours-eager (--no-graph-step; the default before), ours-graphs (--cuda-graphs: inductor)
 #
 # Runs go in the given order; a run without TIMEOUT_S gets what is left before DEADLINE_S
 # (seconds after this script starts). A run cut off by its timeout reports the steps it made;
@@ -62,7 +63,8 @@ for spec in "$@"; do
   wrap=(python3 bench/peer_sdscripts.py wrap --json "$logs/$name.json" --label "$name" --batch 4)
   case $name in
     sd-scripts) cmd=(env PYTHONPATH=$peer_path "${wrap[@]}" -- ".peer/sd-scripts/$script" "${peer_args[@]}" --max_train_steps "$steps");;
-    ours-eager) cmd=(env PYTHONPATH=$ours_path "${wrap[@]}" -m studio -- "${common_ours[@]}" --steps "$steps" --output "$work/$name/adapter.safetensors");;
+    ours) cmd=(env PYTHONPATH=$ours_path "${wrap[@]}" -m studio -- "${common_ours[@]}" --steps "$steps" --output "$work/$name/adapter.safetensors");;
+    ours-eager) cmd=(env PYTHONPATH=$ours_path "${wrap[@]}" -m studio -- "${common_ours[@]}" --steps "$steps" --no-graph-step --output "$work/$name/adapter.safetensors");;
     ours-graphs) cmd=(env PYTHONPATH=$ours_path "${wrap[@]}" -m studio -- "${common_ours[@]}" --steps "$steps" --cuda-graphs --output "$work/$name/adapter.safetensors");;
     *) echo "unknown run $name"; continue;;
   esac

@@ -82,6 +82,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the balanced 8x8 and 16x16: 320).
     "lokr-f2": {"network": "lokr", "lokr_factor": 2},
     "lokr-f2-lr2e-3": {"network": "lokr", "lokr_factor": 2, **_LR2},
+    # Still 1-4 points short on ink (2026-12-03): DoRA with more steps or a faster text encoder;
+    # LoKr with factor 2 at rank 16 (2,052 weights on a 128-wide layer, LoRA's 2,048).
+    "dora-s1500": {"dora": True, "steps": 1500},
+    "dora-te1e-3": {"dora": True, "te_lr": 1e-3},
+    "lokr-f2-r16-lr2e-3": {"network": "lokr", "lokr_factor": 2, "rank": 16, "alpha": 16.0, **_LR2},
     "loha": {"network": "loha"},
     "cd0.2": {"caption_dropout": 0.2},
     "s400": {"steps": 400},
