@@ -57,6 +57,9 @@ class GraphedForward:
             return self.forward(*args, **kwargs)  # a training step, or someone else's capture
         if self._addresses() != self.addresses:  # weights reallocated: every graph reads stale memory
             self.graphs.clear()
+            # A fresh pool: capturing into one whose graphs were all freed trips an allocator
+            # assertion (torch 2.11, H200).
+            self.pool = torch.cuda.graph_pool_handle()
             self.addresses = self._addresses()
             self.moves += 1
         if self.moves > 1:
