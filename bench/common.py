@@ -98,9 +98,17 @@ def build_pipeline(model: str, device: str, dtype: torch.dtype, seed: int = 0) -
 
 
 def write_random_loras(
-    pipe: Any, family: ModelFamily, directory: Path, count: int, rank: int, preset: str, seed: int = 0
+    pipe: Any,
+    family: ModelFamily,
+    directory: Path,
+    count: int,
+    rank: int,
+    preset: str,
+    seed: int = 0,
+    kohya: bool = True,
 ) -> list[Path]:
-    """``count`` kohya files over the ``preset`` layers (UNet + text encoders), via our exporter.
+    """``count`` kohya files (else diffusers/peft files of the same tensors) over the ``preset``
+    layers (UNet + text encoders), via our exporter.
 
     down ~ N(0, 1/fan_in) and up ~ N(0, 0.01²) with alpha = rank/2, so each ΔW is a few
     percent of the default-initialised weight: big enough to change images, small enough to
@@ -121,7 +129,8 @@ def write_random_loras(
                 lora[(component, path)] = LoraTensors(down, up, alpha=rank / 2)
         metadata = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2), "studio.layers": preset}
         file = directory / f"style_{i}.safetensors"
-        paths.append(ModelFamily(family).save_kohya_file(file, lora, pipe.components, metadata))
+        save = ModelFamily(family).save_kohya_file if kohya else ModelFamily(family).save_diffusers_file
+        paths.append(save(file, lora, pipe.components, metadata))
     return paths
 
 

@@ -10,8 +10,8 @@ generations, all through ``GenerationSession.generate``:
 * diffusers: ``load_lora_weights`` + ``set_adapters`` (peft layers run at every step), same N;
 * diffusers ``fuse_lora`` of the 3-adapter blend (unless ``--skip-fused``);
 * with ``--compile SPEC`` (repeatable; ``graphs`` for the eager UNet and VAE decoder replayed
-  as CUDA graphs, the CLI's default on a GPU, ``graphs-nhwc`` with channels-last weights; an inductor mode such as "reduce-overhead"; or a
-  backend), ours through the fast path (``FastPath``: UNet compiled, channels-last) with 3
+  as CUDA graphs, the CLI's default on a GPU, ``graphs-nhwc`` with channels-last weights; an
+  inductor mode such as "reduce-overhead"; or a backend), ours through that path with 3
   adapters, last (after diffusers' adapters are unloaded and the base is checked intact): the
   first image, compilation included, then ``--repeats`` images; then a slider change followed
   by one image, twice (style_0 flipped, then back), counting the graphs compiled meanwhile
@@ -222,6 +222,17 @@ class Bench:
         del engine
         self.free()
 
+    def diffusers_files(self, files: list[Path], tmp: Path) -> list[Path]:
+        """The files diffusers reads: ours, or on SD3.5 the same tensors in diffusers' own names
+        (diffusers 0.42 has no kohya converter for SD3: it loaded none of a kohya file, silently)."""
+        if self.family.id != "sd3":
+            return files
+        (tmp / "diffusers").mkdir()
+        args = self.args
+        return write_random_loras(
+            self.pipe, self.family, tmp / "diffusers", len(files), args.rank, args.preset, kohya=False
+        )
+
     def diffusers(self, files: list[Path]) -> None:
         names = [f.stem for f in files]
         session = GenerationSession(self.pipe, base=self.args.model, family=self.family)  # no blend
@@ -343,7 +354,7 @@ class Bench:
             originals = self.touched_snapshot(set().union(*(a.layers for a in adapters)))
             self.ours(adapters, originals)
             if not args.skip_diffusers:
-                self.diffusers(files)
+                self.diffusers(self.diffusers_files(files, Path(tmp)))
             self.compiled_rows(adapters, originals)
         self.image_checks()
         self.results.save(args.json)
