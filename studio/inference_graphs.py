@@ -1,10 +1,10 @@
 """A module's forward replayed from CUDA graphs, one per input signature, with no compiler.
 
 Why: SD 1.5's UNet at 512² launches about a thousand small kernels a step, and on a large GPU
-Python launching them takes longer than the GPU running them (BENCHMARKS.md: 0.8 s an image
-eager on an H200, 0.40 s replayed). One graph replay launches them all at once. The graph runs the eager forward's own
-kernels, so images match the eager ones (tests/test_inference_graphs.py compares them on a
-GPU), and capturing costs two forwards where inductor compiles for a minute.
+Python launching them takes longer than the GPU running them (BENCHMARKS.md, H200: 0.8 s an
+image eager, 0.40 s replayed). One graph replay launches them all at once. The graph runs the
+eager forward's own kernels, so images match the eager ones (tests/test_inference_graphs.py
+compares them on a GPU), and capturing costs two forwards where inductor compiles for a minute.
 
 A graph reads and writes fixed addresses: each call's tensors are copied into the ones the
 graph was captured with, and its output is copied out before the next replay overwrites it.
