@@ -100,6 +100,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "r16-lr2e-3-s600": {"rank": 16, "alpha": 16.0, **_LR2, "steps": 600},
     "lr2e-3-s600": {**_LR2, "steps": 600},
     "locon-lr2e-3-s500": {"network": "locon", **_LR2, "steps": 500},
+    # ... or half the batch (each step about half the CPU time) at the same or fewer steps.
+    "bs2": {"batch_size": 2},
+    "bs2-lr2e-3-s600": {"batch_size": 2, **_LR2, "steps": 600},
+    "bs2-r16-lr2e-3-s600": {"batch_size": 2, "rank": 16, "alpha": 16.0, **_LR2, "steps": 600},
     "loha": {"network": "loha"},
     "cd0.2": {"caption_dropout": 0.2},
     "s400": {"steps": 400},
