@@ -1,6 +1,7 @@
 """Which Quick-demo settings learn the sample styles? Train each variant, then run the style checks.
 
-Issue 5 §4. Each variant is a set of overrides of the "Quick demo (embedded model)" preset.
+Issue 5 §4. Each variant is a set of overrides of ``studio.presets.SWEEP_BASE`` (the
+"Quick demo (embedded model)" preset until 2026-12-03, now the variant "bs2-r16-lr2e-3-s600").
 For each, a LoRA is trained on each of two sample styles with ``studio.training.recipe.train``,
 then images for held-out prompts are scored exactly as tests/test_style_learning.py scores
 them (``trainers.styles``: ``check_scenes``, ``check_weights``, ``score_images``,
@@ -40,7 +41,7 @@ import torch
 from studio.generate import GenerationSession
 from studio.mixer import AdapterWeights, BlendItem
 from studio.models.loader import load_base
-from studio.presets import get_preset
+from studio.presets import SWEEP_BASE, Preset
 from studio.recipes import GenerationSettings
 from studio.training.recipe import StepEvent, train
 from trainers.styles import (
@@ -57,15 +58,15 @@ from trainers.styles import (
 from trainers.toyworld import Scene
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
-QUICK = "Quick demo (embedded model)"  # full, rank 8, alpha 8, 1,000 steps, bs 4, lr 1e-3, TE 5e-4, cd 0.2
+BASE = Preset("sweep base", "full, rank 8, alpha 8, 1,000 steps, bs 4, lr 1e-3, TE 5e-4, cd 0.2", SWEEP_BASE)
 
-# name -> overrides of the Quick-demo preset; a time limit cuts the tail, so the key ones come first.
+# name -> overrides of BASE; a time limit cuts the tail, so the key ones come first.
 # CPU s/step, 2 cores, quiet (bs 4): cross-attn r8 0.09 (0.075 without the text encoder), r16
 # 0.09, attn 0.10, full 0.125 (r16 too); bs 2 0.063, bs 8 0.15. So 3 minutes allow far more
 # than 150 steps. "cd": caption dropout, so the style is learnt for the empty (CFG) prompt too.
 _LR2 = {"lr": 2e-3, "te_lr": 1e-3}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "quick": {},
+    "quick": {},  # the base itself (the Quick demo until 2026-12-03)
     # Issue 16: the other network types on the preset as it is (plain LoRA is "quick").
     "locon": {"network": "locon"},
     "lokr": {"network": "lokr"},
@@ -164,9 +165,8 @@ def _render(session: GenerationSession, weights: dict[str, float], scenes: list[
 
 
 def _train(style: str, overrides: dict[str, Any], args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    preset = get_preset(QUICK)
-    steps = max(2, round((overrides.get("steps") or preset.values["steps"]) * args.steps_scale))
-    config = preset.apply(
+    steps = max(2, round((overrides.get("steps") or BASE.values["steps"]) * args.steps_scale))
+    config = BASE.apply(
         data=str(SAMPLES / style),
         output=str(folder / f"{style}.safetensors"),
         sample_every=0,

@@ -5,9 +5,9 @@ for 12 held-out prompts are scored with each style's metric at several adapter w
 in a 50/50 blend. ``trainers.styles`` defines the prompts, the scoring and the checks, which
 bench/style_sweep.py shares to compare preset variants.
 
-The preset (``full`` coverage, rank 8, 1,000 steps, caption dropout 0.2) was chosen by
-bench/style_sweep.py on an H100 (see BENCHMARKS.md); on the quiet 2-core machine the module
-passes in about 4 minutes (2026-11-24).
+The preset (``full`` coverage, rank 16, 600 steps at batch 2, lr 2e-3, caption dropout 0.2)
+was chosen by bench/style_sweep.py on the H200 and confirmed on the 2-core CPU (see
+BENCHMARKS.md), where each style trains in about 3 minutes (2026-12-03).
 """
 
 from __future__ import annotations
