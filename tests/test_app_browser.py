@@ -17,6 +17,7 @@ from PIL import Image
 from test_app_support import CHROMIUM, CHROMIUM_ARGS, AppProcess, dataset_files, random_adapter
 
 from studio.formats.inspect import inspect_file
+from studio.presets import PRESETS
 from studio.recipes import read_recipe
 
 sync_api = pytest.importorskip(
@@ -28,6 +29,7 @@ if not Path(CHROMIUM).exists():
 pytestmark = pytest.mark.slow
 expect = sync_api.expect
 SLOW = 300_000  # ms: training and first model load on a busy 2-core machine
+QUICK = PRESETS["Quick demo (embedded model)"].values  # the preset the test picks
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +130,7 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     expect(field(page, "adv-steps")).to_have_value("1500")
     expect(field(page, "adv-resolution")).to_have_value("512")
     choose(page, "train-preset", "Quick demo (embedded model)")
-    expect(field(page, "adv-steps")).to_have_value("1000")
+    expect(field(page, "adv-steps")).to_have_value(str(QUICK["steps"]))
     for elem_id, value in [
         ("adv-steps", 3), ("adv-resolution", 64), ("adv-batch-size", 2), ("adv-sample-every", 3),
         ("adv-sample-steps", 2), ("adv-checkpoint-every", 0), ("adv-sample-prompts", "inkstyle"),
@@ -170,7 +172,7 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     exported = tmp_path / "exported.safetensors"
     download.value.save_as(exported)
     report = inspect_file(exported)
-    assert (report.format, report.family, report.ranks) == ("kohya LoRA", "SD1", [8])
+    assert (report.format, report.family, report.ranks) == ("kohya LoRA", "SD1", [QUICK["rank"]])
     assert report.metadata["modelspec.trigger_phrase"] == "inkstyle"
     assert report.metadata["ss_num_train_images"] == "6"
     screenshot(page, artifacts, "library")
@@ -219,7 +221,7 @@ def test_train_mix_library_in_a_real_browser(app, page, artifacts, tmp_path):
     expect(page.locator("#mix-message")).to_contain_text("Baked adapters/my-blend.safetensors")
     baked = inspect_file(ws / "adapters" / "my-blend.safetensors")
     assert baked.metadata["studio.bake_method"] == "exact"
-    assert max(baked.ranks) == 12  # ranks 8 + 4 concatenated where both adapters touch a layer
+    assert max(baked.ranks) == QUICK["rank"] + 4  # ink + neon (rank 4), concatenated where both touch a layer
     screenshot(page, artifacts, "mix")
     # Everything the app wrote is inside the workspace (its cwd is the folder above it).
     assert sorted(p.name for p in ws.parent.iterdir()) == [app.log.name, "ws"]
