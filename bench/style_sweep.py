@@ -58,7 +58,7 @@ from trainers.styles import (
 from trainers.toyworld import Scene
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
-BASE = Preset("sweep base", "full, rank 8, alpha 8, 1,000 steps, bs 4, lr 1e-3, TE 5e-4, cd 0.2", SWEEP_BASE)
+BASE = Preset("sweep base", "studio.presets.SWEEP_BASE", SWEEP_BASE)  # what every variant overrides
 
 # name -> overrides of BASE; a time limit cuts the tail, so the key ones come first.
 # CPU s/step, 2 cores, quiet (bs 4): cross-attn r8 0.09 (0.075 without the text encoder), r16
