@@ -363,9 +363,11 @@ class Bench:
 
 def fast_path(spec: str, channels_last: bool) -> FastPath:
     """``graphs``: the eager UNet and VAE decoder replayed as CUDA graphs (the CLI's default on a
-    GPU), ``graphs-nhwc`` the same with channels-last weights; else an inductor mode or backend."""
-    if spec in ("graphs", "graphs-nhwc"):
-        return replace(DEFAULT, channels_last=spec == "graphs-nhwc")
+    GPU), ``-nhwc`` with channels-last weights, ``-blocks`` with their blocks compiled
+    (``graphs-blocks-nhwc``: both); else an inductor mode or backend."""
+    if spec.startswith("graphs") and set(spec.split("-")[1:]) <= {"nhwc", "blocks"}:
+        parts = spec.split("-")
+        return replace(DEFAULT, channels_last="nhwc" in parts, compile_blocks="blocks" in parts)
     return FastPath.parse(spec, channels_last=channels_last)
 
 

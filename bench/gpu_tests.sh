@@ -4,6 +4,7 @@
 # to the `studio_assets` package an install would provide, and runs the marked tests.
 #
 #   bench/gpu_tests.sh OUT_DIR [TIMEOUT_S [TEST_FILE...]]   (default: every file with GPU tests)
+#   GPU_TESTS_K=EXPR bench/gpu_tests.sh ...                   (only the tests pytest's -k EXPR selects)
 set -u -o pipefail
 out=${1:?usage: bench/gpu_tests.sh OUT_DIR [TIMEOUT_S]}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -15,5 +16,5 @@ python3 -c "import torch, transformers, diffusers, peft; print('torch', torch.__
 files=("${@:3}")
 [ ${#files[@]} -gt 0 ] || files=(tests/test_mixer_engine.py tests/test_train_speed.py tests/test_train_fp8.py
   tests/test_generate_compile.py tests/test_graph_step.py tests/test_inference_graphs.py)
-timeout "${2:-500}" python3 -m pytest -q -p no:cacheprovider -m gpu --durations=5 "${files[@]}" 2>&1 \
+timeout "${2:-500}" python3 -m pytest -q -p no:cacheprovider -m gpu --durations=5 ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} "${files[@]}" 2>&1 \
   | tee "$out/gpu_tests.log" | tail -12

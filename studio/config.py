@@ -320,10 +320,17 @@ class TrainConfig:
     # Speed and memory. Each switch keeps the loss of the plain path (tests/test_train_speed.py).
     compile: bool = option(False, "torch.compile the UNet (GPU; the first steps wait for the compiler)")
     cuda_graphs: bool = option(False, "compile and replay steps as CUDA graphs (fastest at small batches)")
+    compile_blocks: bool = option(
+        False, "compile only the UNet's repeated blocks, inside the replayed steps (GPU; a shorter compile)"
+    )
     graph_step: bool = option(
         True, "launch every step's kernels one by one rather than replaying the step as a CUDA graph (GPU)"
     )
     channels_last: bool = option(False, "NHWC activations (faster convolutions on GPUs)")
+    adapter_input_casts: bool = option(
+        False,
+        "cast each adapter layer's input to fp32 as peft does (under bf16/fp16: the same numbers, more copies)",
+    )
     fused_optimizer: bool = option(True, "plain AdamW instead of the fused kernel")
     overlap_steps: bool = option(True, "read every loss before starting the next step", flag="--no-overlap")
     low_memory: bool = option(False, "checkpointing, cached text, 8-bit Adam, VAE/TE off the GPU")

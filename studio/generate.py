@@ -32,6 +32,7 @@ from torch import nn
 
 from studio.adapters import Adapter, load_adapter
 from studio.atomic import atomic_path
+from studio.compile_blocks import compile_blocks, uncompile_blocks
 from studio.compile_cache import use_persistent_compile_cache
 from studio.errors import StudioError
 from studio.families import Family, detect_family, get_family
@@ -166,6 +167,7 @@ class FastPath:
     backend: str = "inductor"  # any other torch.compile backend ("cudagraphs", "aot_eager") takes no mode
     channels_last: bool = False  # UNet convolution weights in NHWC, the layout fp16 conv kernels prefer
     graphs: bool = False  # replay the eager UNet and VAE decoder as CUDA graphs (a CUDA device only)
+    compile_blocks: bool = False  # inductor on their repeated blocks (studio/compile_blocks.py)
 
     @classmethod
     def choose(cls, compile: str | None, graphs: bool = True) -> FastPath:
@@ -176,12 +178,18 @@ class FastPath:
 
     @classmethod
     def parse(cls, spec: str, channels_last: bool = True) -> FastPath:
-        """``"reduce-overhead"`` (an inductor mode) or a backend name such as ``"cudagraphs"``."""
+        """``"reduce-overhead"`` (an inductor mode), a backend name such as ``"cudagraphs"``, or
+        ``"blocks"``: the repeated blocks compiled inside the replayed graphs (seconds to compile
+        on a warm cache, where the whole UNet takes a minute)."""
+        if spec == "blocks":
+            return cls(graphs=True, compile_blocks=True, channels_last=channels_last)
         if spec in INDUCTOR_MODES:
             return cls(compile=spec, channels_last=channels_last)
         if spec in torch.compiler.list_backends(exclude_tags=()):
             return cls(compile="default", backend=spec, channels_last=channels_last)
-        raise StudioError(f"unknown compile mode {spec!r}; choose one of {', '.join(INDUCTOR_MODES)}")
+        raise StudioError(
+            f"unknown compile mode {spec!r}; choose blocks or one of {', '.join(INDUCTOR_MODES)}"
+        )
 
 
 PLAIN = FastPath()  # the plain eager path, every switch off
@@ -244,12 +252,19 @@ class GenerationSession:
         self.fast = fast
         self.denoiser = pipeline.components[self.model_family.denoiser]
         self._compiled = _compile_unet(self.denoiser, fast) if fast.compile else None
+        if fast.compile_blocks:
+            for module in self._block_compiled:
+                compile_blocks(module)
         self.graphs = self._replay_as_graphs() if fast.graphs and not fast.compile else []
         if fast.channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
         # CUDA graph trees are kept per thread: a thread of its own keeps one set of graphs
         # whichever thread (a web server's pool) asks for the image.
         self._runner = ThreadPoolExecutor(1, "studio-generate", _graph_thread) if fast.compile else None
+
+    @property
+    def _block_compiled(self) -> list[nn.Module]:
+        return [self.denoiser, self.pipeline.vae.decoder]
 
     def _replay_as_graphs(self) -> list[GraphedForward]:
         """The denoiser and VAE decoder replayed as CUDA graphs, where they can be (else none)."""
@@ -364,6 +379,9 @@ class GenerationSession:
             self._runner.shutdown()
         if self.fast.channels_last:
             unet.to(memory_format=torch.contiguous_format)
+        if self.fast.compile_blocks:
+            for module in self._block_compiled:
+                uncompile_blocks(module)
         for graphed in self.graphs:
             if vars(graphed.module).get("forward") is graphed:
                 del graphed.module.forward

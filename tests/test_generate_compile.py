@@ -86,6 +86,35 @@ def test_compiled_images_match_eager_and_follow_the_sliders_without_recompiling(
         s.close()
 
 
+@pytest.mark.parametrize(
+    "device",
+    [pytest.param("cpu", marks=pytest.mark.slow), pytest.param("cuda", marks=pytest.mark.gpu)],
+)
+def test_compiled_blocks_match_eager_follow_the_sliders_and_close_back_to_eager(files, device):
+    """Inductor on the UNet's and VAE decoder's repeated blocks (replayed as graphs on a GPU)."""
+    eager = session(files, FastPath(), device)
+    fast = session(files, FastPath(graphs=device == "cuda", compile_blocks=True), device)
+    start = graphs()
+    before = images(eager)
+    assert_same(images(fast), before)
+    compiled = graphs()
+    assert compiled > start
+    for s in (eager, fast):
+        s.set_weights("ink", AdapterWeights(-1.0))
+    moved = images(eager)
+    assert np.abs(moved - before).mean() > 2
+    assert_same(images(fast), moved)
+    assert graphs() == compiled  # the in-place patch is seen without compiling again
+    if device == "cuda":
+        assert [g.captures for g in fast.graphs] == [1, 1]
+    unet = fast.pipeline.unet
+    blocks = [m for m in unet.modules() if type(m).__name__ == "ResnetBlock2D"]
+    assert blocks and all(m._compiled_call_impl is not None for m in blocks)
+    fast.close()
+    assert all(m._compiled_call_impl is None for m in blocks)
+    eager.close()
+
+
 def test_a_new_size_or_batch_recompiles_and_still_matches(files):
     eager, fast = session(files, FastPath()), session(files, QUICK)
     start = graphs()
@@ -120,6 +149,7 @@ def test_inductor_freezing_is_refused():
 
 def test_parse():
     assert FastPath.parse("reduce-overhead") == FastPath(compile="reduce-overhead", channels_last=True)
+    assert FastPath.parse("blocks") == FastPath(graphs=True, compile_blocks=True, channels_last=True)
     assert FastPath.parse("cudagraphs", channels_last=False) == FastPath(
         compile="default", backend="cudagraphs"
     )

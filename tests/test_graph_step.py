@@ -104,3 +104,13 @@ def test_graph_replayed_steps_keep_the_losses_on_the_gpu(dataset, tmp_path, swit
     micro_steps = 8 * switches.get("gradient_accumulation", 1)
     assert graphs.graph_replays == micro_steps - 2  # all but the warm-up steps replayed
     torch.testing.assert_close(torch.tensor(graphs.losses), torch.tensor(eager.losses), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.gpu
+@gpu
+def test_compiled_blocks_inside_replayed_steps_keep_the_losses_on_the_gpu(dataset, tmp_path):
+    """Inductor's kernels for the repeated blocks, captured in the step's graph, against plain eager."""
+    eager = train(_config(dataset, tmp_path / "eager", mixed_precision="bf16", graph_step=False, steps=8))
+    fast = train(_config(dataset, tmp_path / "fast", mixed_precision="bf16", steps=8, compile_blocks=True))
+    assert fast.graph_replays == 8 - 2
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(eager.losses), rtol=3e-2, atol=2e-3)

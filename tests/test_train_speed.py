@@ -79,6 +79,43 @@ def test_switch_keeps_the_losses_and_the_adapter(plain, dataset, tmp_path, switc
     _assert_same_adapter(adapter, plain[1], max(tol, 1e-6) * 10)
 
 
+def test_mixed_precision_steps_skip_peft_input_casts_with_the_same_losses(dataset, tmp_path):
+    """bf16 autocast on the CPU: leaving the adapters' inputs in bf16 changes no bit of the run."""
+    cast, cast_adapter = _run(dataset, tmp_path / "cast", mixed_precision="bf16", adapter_input_casts=True)
+    free, free_adapter = _run(dataset, tmp_path / "free", mixed_precision="bf16")
+    assert free == cast
+    _assert_same_adapter(free_adapter, cast_adapter, 0.0)
+
+
+def test_an_adapter_layer_without_its_input_cast_copies_less_and_computes_the_same():
+    """What the switch saves: the fp32 copy of a bf16 input and autocast's copy back, each way."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from studio.lora.inject import set_input_casts
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["0"], init_lora_weights="gaussian")
+    inject_adapter_in_model(config, model)
+    for p in model.parameters():
+        p.data = p.data.float() if p.requires_grad else p.data  # fp32 adapter, bf16 base
+    x = torch.randn(8, 64, dtype=torch.bfloat16, requires_grad=True)
+
+    def run(enabled: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+        set_input_casts(model, enabled)
+        x.grad = None
+        with torch.profiler.profile() as prof, torch.autocast("cpu", torch.bfloat16):
+            out = model(x)
+            out.float().square().sum().backward()
+        copies = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+        return out.detach(), x.grad.clone(), copies
+
+    out_cast, grad_cast, copies_cast = run(True)
+    out_free, grad_free, copies_free = run(False)
+    assert torch.equal(out_free, out_cast) and torch.equal(grad_free, grad_cast)
+    assert copies_free <= copies_cast - 2, (copies_free, copies_cast)
+
+
 def test_overlapped_steps_still_report_every_step_in_order_with_its_checkpoint(dataset, tmp_path):
     events: list[StepEvent] = []
     config = _config(dataset, tmp_path, overlap_steps=True, checkpoint_every=2, steps=5)
@@ -115,6 +152,16 @@ def test_compiled_training_keeps_the_losses(plain, dataset, tmp_path):
     assert diff / size < 0.05
     # The kernels went to the studio's cache (kept across reboots), not the temporary folder.
     assert any((cache_dir() / "torch-compile").rglob("*.py"))
+
+
+@pytest.mark.slow
+def test_training_with_compiled_blocks_keeps_the_losses(plain, dataset, tmp_path):
+    """Inductor on the UNet's repeated blocks only (on a GPU inside the replayed steps)."""
+    losses, adapter = _run(dataset, tmp_path, compile_blocks=True)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain[0]), rtol=3e-2, atol=5e-3)
+    diff = sum((adapter[k] - plain[1][k]).float().norm() ** 2 for k in adapter) ** 0.5
+    size = sum(plain[1][k].float().norm() ** 2 for k in adapter) ** 0.5
+    assert adapter.keys() == plain[1].keys() and diff / size < 0.05
 
 
 @pytest.mark.gpu

@@ -113,7 +113,8 @@ def add_compile_option(parser: argparse.ArgumentParser) -> None:
         const="reduce-overhead",
         metavar="MODE",
         help="compile the UNet, channels-last (a GPU's fast path; the first image waits for the compiler); "
-        f"MODE: {', '.join(INDUCTOR_MODES)} or a torch.compile backend (default reduce-overhead: CUDA graphs)",
+        f"MODE: blocks (only the repeated blocks, inside the replayed graphs), {', '.join(INDUCTOR_MODES)} "
+        "or a torch.compile backend (default reduce-overhead: CUDA graphs)",
     )
     parser.add_argument(
         "--no-graphs",

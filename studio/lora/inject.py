@@ -83,6 +83,19 @@ def set_lora_enabled(model: torch.nn.Module, enabled: bool) -> None:
             module.enable_adapters(enabled)
 
 
+def set_input_casts(model: torch.nn.Module, enabled: bool) -> None:
+    """Whether ``model``'s adapter layers cast their input to the adapter's dtype (peft's default).
+
+    Under autocast that cast is two wasted copies of every adapted layer's input, each way: peft
+    turns a bf16 input into fp32 for the fp32 adapter, and autocast turns it back into bf16 for
+    the product. Off, the same bf16 product runs on the input as it is. Off is only right under
+    autocast: without it a bf16 input meets fp32 adapter weights.
+    """
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = enabled
+
+
 def lora_parameters(components: dict[str, Any]) -> dict[str, list[torch.nn.Parameter]]:
     """Trainable adapter parameters per component (for optimizer groups with their own lr)."""
     return {

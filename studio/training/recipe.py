@@ -84,11 +84,17 @@ def train(
     run = setup_run(config, base)
     hooks = default_hooks(run, on_step)
     try:
-        stopped = run_loop(run, hooks)
+        try:
+            stopped = run_loop(run, hooks)
+        finally:
+            for hook in hooks:
+                hook.close()
+        return finish(run, stopped)
     finally:
-        for hook in hooks:
-            hook.close()
-    return finish(run, stopped)
+        if config.compile_blocks:  # compiled in place: a base passed in goes back eager
+            from studio.compile_blocks import uncompile_blocks
+
+            uncompile_blocks(run.components[run.family.denoiser])
 
 
 def default_hooks(run: TrainRun, on_step: Callable[[StepEvent], Any] | None) -> list[Hook]:

@@ -31,7 +31,7 @@ from studio.data import DatasetConfig, ScannedDataset, epoch_batches, expand_sam
 from studio.data.masks import load_mask
 from studio.errors import StudioError
 from studio.families import Family
-from studio.lora.inject import extract_lora, inject_network
+from studio.lora.inject import extract_lora, inject_network, set_input_casts
 from studio.lora.networks import NetworkSpec
 from studio.models.loader import BaseModel, load_base
 from studio.training.checkpoint import (
@@ -155,6 +155,7 @@ class TrainRun:
         if outer:
             for model in self.models.values():
                 model.eval()
+            self.set_input_casts(True)  # previews may run the bare modules, outside autocast
             optimizer_mode(self.optimizer, training=False)
         swap = ema and self.ema is not None and not self._ema_in
         if swap:
@@ -173,6 +174,13 @@ class TrainRun:
                 optimizer_mode(self.optimizer, training=True)
                 for model in self.models.values():
                     model.train()
+                self.set_input_casts(False)
+
+    def set_input_casts(self, enabled: bool) -> None:
+        """The denoiser's adapter layers cast their inputs (``enabled``) or, in a mixed-precision
+        step that runs under autocast, leave them to autocast (``--adapter-input-casts`` off)."""
+        if self.weight_dtype != torch.float32 and not self.config.adapter_input_casts:
+            set_input_casts(self.components[self.family.denoiser], enabled)
 
     def encode_text(self, captions: list[str]) -> Any:
         """The family's conditioning, ``--clip-skip`` layers from the end when it is set."""
@@ -239,6 +247,17 @@ def mixed_precision(requested: str) -> str:
     return "no"
 
 
+def _precision_of_this_run(mixed: str) -> None:
+    """accelerate keeps one mixed precision per process and refuses another; a later run in the
+    same process (the app's worker, after a run in another precision) starts its state afresh.
+    The process group (``PartialState``) stays as it is."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed:
+        AcceleratorState._reset_state()
+
+
 def low_memory(config: TrainConfig) -> TrainConfig:
     """What ``low_memory`` switches on (8-bit Adam only where bitsandbytes is installed)."""
     if not config.low_memory:
@@ -262,6 +281,7 @@ def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
     config = dataclasses.replace(config, mixed_precision=mixed_precision(config.mixed_precision))
     started = time.time()
     logging = _tracker(config)
+    _precision_of_this_run(config.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation,
@@ -298,6 +318,7 @@ def setup_run(config: TrainConfig, base: BaseModel | None = None) -> TrainRun:
     _park(run)
     _schedule(run)
     _optimizer(run)
+    run.set_input_casts(False)
     run.generator.manual_seed(config.seed)
     if accelerator.is_main_process:  # other nodes of a multi-machine run may not share the folder
         run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -439,6 +460,10 @@ def _optimizer(run: TrainRun) -> None:
         from diffusers.training_utils import EMAModel
 
         run.ema = EMAModel(run.params, decay=config.ema_decay)
+    if config.compile_blocks and not (config.compile or config.cuda_graphs):
+        from studio.compile_blocks import compile_blocks
+
+        compile_blocks(run.components[denoiser])
     if config.compile or config.cuda_graphs:
         from studio.compile_cache import use_persistent_compile_cache
 

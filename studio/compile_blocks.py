@@ -1,0 +1,42 @@
+"""Inductor on a UNet's repeated blocks only, under eager code that CUDA graphs can still replay.
+
+Why: replaying the eager kernels removes their launch cost but not their number; most of what
+is left are memory-bound elementwise kernels (norms, SiLU, GEGLU, residual adds, casts) that
+inductor fuses. Compiling the whole UNet takes a minute or more; its ResNet and transformer
+blocks repeat with a few shapes each, so compiling those alone (PyTorch's "regional
+compilation") costs a fraction of that, keeps everything around them eager, and the compiled
+kernels run inside our own captured graphs (studio/inference_graphs.py,
+studio/training/graph_step.py). Weights stay graph inputs, so the blend engine's in-place
+patches show without recompiling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from studio.compile_cache import use_persistent_compile_cache
+
+BLOCKS = ("ResnetBlock2D", "BasicTransformerBlock")  # diffusers' UNet and VAE building blocks
+RECOMPILE_LIMIT = 64  # one graph per block shape: SD 1.5's UNet and VAE have about 30, SDXL's more
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """Compile each of ``model``'s repeated blocks in place (``nn.Module.compile``); returns how many.
+
+    Static shapes (``dynamic=False``): a new shape compiles a graph of its own rather than one
+    with symbolic sizes, which inductor fuses less well; the recompile limit is raised to hold them.
+    """
+    use_persistent_compile_cache()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    blocks = [module for module in model.modules() if type(module).__name__ in BLOCKS]
+    for block in blocks:
+        block.compile(dynamic=False)
+    return len(blocks)
+
+
+def uncompile_blocks(model: nn.Module) -> None:
+    """The eager blocks back (their compiled graphs stay in dynamo's cache for a next session)."""
+    for module in model.modules():
+        if type(module).__name__ in BLOCKS:
+            module._compiled_call_impl = None
