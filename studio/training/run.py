@@ -469,8 +469,8 @@ def _optimizer(run: TrainRun) -> None:
 
         # Here rather than through accelerate's dynamo plugin: that setting lives in a per-process
         # singleton, so a second run in one process (the app's worker) would silently skip it.
-        # The whole UNet, not its repeated blocks: block-wise compiling recompiled per shape and
-        # ran slower here (see BENCHMARKS.md).
+        # The whole UNet; --compile-blocks compiles its repeated blocks alone, at static shapes,
+        # inside the replayed steps (studio/compile_blocks.py).
         use_persistent_compile_cache()
         mode = "reduce-overhead" if run.cuda_graphs else None
         run.models[denoiser] = torch.compile(run.models[denoiser], mode=mode)
