@@ -365,9 +365,9 @@ def fast_path(spec: str, channels_last: bool) -> FastPath:
     """``graphs``: the eager UNet and VAE decoder replayed as CUDA graphs (the CLI's default on a
     GPU), ``-nhwc`` with channels-last weights, ``-blocks`` with their blocks compiled
     (``graphs-blocks-nhwc``: both); else an inductor mode or backend."""
-    if spec.startswith("graphs") and set(spec.split("-")[1:]) <= {"nhwc", "blocks"}:
-        parts = spec.split("-")
-        return replace(DEFAULT, channels_last="nhwc" in parts, compile_blocks="blocks" in parts)
+    kind, *extras = spec.split("-")
+    if kind == "graphs" and set(extras) <= {"nhwc", "blocks"}:
+        return replace(DEFAULT, channels_last="nhwc" in extras, compile_blocks="blocks" in extras)
     return FastPath.parse(spec, channels_last=channels_last)
 
 

@@ -21,18 +21,17 @@ BLOCKS = ("ResnetBlock2D", "BasicTransformerBlock")  # diffusers' UNet and VAE b
 RECOMPILE_LIMIT = 64  # one graph per block shape: SD 1.5's UNet and VAE have about 30, SDXL's more
 
 
-def compile_blocks(model: nn.Module) -> int:
-    """Compile each of ``model``'s repeated blocks in place (``nn.Module.compile``); returns how many.
+def compile_blocks(model: nn.Module) -> None:
+    """Compile each of ``model``'s repeated blocks in place (``nn.Module.compile``).
 
     Static shapes (``dynamic=False``): a new shape compiles a graph of its own rather than one
     with symbolic sizes, which inductor fuses less well; the recompile limit is raised to hold them.
     """
     use_persistent_compile_cache()
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    blocks = [module for module in model.modules() if type(module).__name__ in BLOCKS]
-    for block in blocks:
-        block.compile(dynamic=False)
-    return len(blocks)
+    for module in model.modules():
+        if type(module).__name__ in BLOCKS:
+            module.compile(dynamic=False)
 
 
 def uncompile_blocks(model: nn.Module) -> None:
