@@ -440,6 +440,12 @@ class TrainConfig:
                 "--optimizer prodigy estimates one step size for all parameter groups; "
                 "leave --te-lr unset or equal to --lr"
             )
+        if self.compile_blocks and (self.compile or self.cuda_graphs):
+            whole = "--compile" if self.compile else "--cuda-graphs"
+            found.append(
+                f"--compile-blocks with {whole}: {whole} already compiles the whole UNet; pick one "
+                "(--compile-blocks compiles less, sooner)"
+            )
         found += self.network_conflicts()
         return found
 

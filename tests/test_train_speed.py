@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
+from studio.cli import main
 from studio.compile_cache import use_persistent_compile_cache
 from studio.config import TrainConfig
 from studio.models.default import cache_dir
@@ -162,6 +163,15 @@ def test_training_with_compiled_blocks_keeps_the_losses(plain, dataset, tmp_path
     diff = sum((adapter[k] - plain[1][k]).float().norm() ** 2 for k in adapter) ** 0.5
     size = sum(plain[1][k].float().norm() ** 2 for k in adapter) ** 0.5
     assert adapter.keys() == plain[1].keys() and diff / size < 0.05
+
+
+@pytest.mark.parametrize("whole", ["--compile", "--cuda-graphs"])
+def test_compiled_blocks_beside_a_whole_unet_compile_is_one_clear_refusal(dataset, tmp_path, capsys, whole):
+    out = tmp_path / "style.safetensors"
+    assert main(["train", str(dataset), "--output", str(out), "--compile-blocks", whole]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--compile-blocks with {whole}" in err and "pick one" in err
+    assert not out.exists()
 
 
 @pytest.mark.gpu

@@ -460,7 +460,7 @@ def _optimizer(run: TrainRun) -> None:
         from diffusers.training_utils import EMAModel
 
         run.ema = EMAModel(run.params, decay=config.ema_decay)
-    if config.compile_blocks and not (config.compile or config.cuda_graphs):
+    if config.compile_blocks:  # validate() refuses it beside --compile and --cuda-graphs
         from studio.compile_blocks import compile_blocks
 
         compile_blocks(run.components[denoiser])
