@@ -24,6 +24,7 @@ import torch
 from studio.errors import StopTraining, TrainingDiverged
 from studio.training.checkpoint import list_checkpoints
 from studio.training.metrics import append_metrics
+from studio.training.progress import progress
 
 STOP = "stop"
 SAVE = "save"
@@ -85,9 +86,7 @@ class LossRecord(Hook):
 
 class ProgressBar(Hook):
     def __init__(self, total: int, initial: int, enabled: bool):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, desc="training", disable=not enabled)
+        self.bar = progress(total=total, initial=initial, desc="training", shown=enabled)
 
     def __call__(self, event: StepEvent) -> None:
         self.bar.update(1)

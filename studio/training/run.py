@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from diffusers.training_utils import cast_training_params
-from tqdm.auto import tqdm
 
 from studio.config import TrainConfig
 from studio.data import DatasetConfig, ScannedDataset, epoch_batches, expand_samples, load_training_image
@@ -49,6 +48,7 @@ from studio.training.loss import latent_mask
 from studio.training.metrics import trim_metrics
 from studio.training.optim import build_lr_scheduler, build_optimizer, check_optimizer_package, optimizer_mode
 from studio.training.prediction import base_as_trained, noise_schedule
+from studio.training.progress import progress
 
 
 @dataclass
@@ -490,8 +490,8 @@ def _caches(run: TrainRun) -> None:
     """Latents by (image, bucket), frozen text outputs by caption text."""
     run.latent_cache = ContentCache(lambda index: run.latent(index, None))
     if not run.config.random_crop:
-        quiet = not run.accelerator.is_main_process
-        for index in tqdm(range(len(run.items)), desc="caching latents", disable=quiet):
+        shown = run.accelerator.is_main_process
+        for index in progress(range(len(run.items)), desc="caching latents", shown=shown):
             run.latent_cache.get(index)
     encode = torch.no_grad()(run.encode_text)
     run.text_cache = ContentCache(
