@@ -185,3 +185,21 @@ def test_presets_are_valid_partial_configs(name):
     preset = get_preset(name)
     assert set(preset.values) <= {s.name for s in SPECS}
     preset.apply().validate()
+
+
+def test_train_starts_from_a_named_preset_and_flags_override_it(tmp_path, capsys):
+    name = "Quick demo (embedded model)"
+    saved = tmp_path / "quick.toml"
+    assert main(["train", "d", "--from-preset", name, "--steps", "7", "--save-config", str(saved)]) == 0
+    written = tomllib.loads(saved.read_text())
+    preset = get_preset(name).values
+    assert written["steps"] == 7 != preset["steps"]
+    assert {k: written[k] for k in preset if k != "steps"} == {k: v for k, v in preset.items() if k != "steps"}
+
+    capsys.readouterr()
+    assert main(["train", "d", "--from-preset", "Style (SD 2)", "--save-config", str(saved)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown preset 'Style (SD 2)'" in err and name in err
+    with pytest.raises(SystemExit):  # argparse: not allowed with --config
+        main(["train", "d", "--from-preset", name, "--config", str(saved)])
+    assert "not allowed with argument" in capsys.readouterr().err

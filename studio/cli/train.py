@@ -13,6 +13,7 @@ from typing import Any
 from studio.config import RENAMED, TrainConfig
 from studio.errors import StudioError
 from studio.options import Show, Spec, specs
+from studio.presets import PRESETS, get_preset
 
 
 def _argument(spec: Spec) -> tuple[list[str], dict[str, Any]]:
@@ -67,7 +68,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--" + old.replace("_", "-"), **kwargs)
     # The flag's name before the issue-16 options (kept, unlisted: scripts use it).
     parser.add_argument("--warmup-steps", dest="warmup_steps", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--config", metavar="FILE", help="TOML or JSON training config; flags override it")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--config", metavar="FILE", help="TOML or JSON training config; flags override it")
+    start.add_argument(
+        "--from-preset",
+        metavar="NAME",
+        help="start from a named preset, as the app's Train tab does; flags override it. "
+        f"One of: {'; '.join(PRESETS)}",
+    )
     parser.add_argument("--save-config", metavar="FILE", help="write the resolved config and exit")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument(
@@ -80,10 +88,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The ``--config`` file (if any), then the flags given; renamed keys print one line each."""
+    """The ``--config`` file or ``--from-preset`` (if any), then the flags given; renamed keys
+    print one line each."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FutureWarning)
-        values = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
+        values = {}
+        if getattr(args, "config", None):
+            values = TrainConfig.load(args.config).to_dict()
+        elif getattr(args, "from_preset", None):
+            values = get_preset(args.from_preset).apply().to_dict()
         fields = {spec.name for spec in specs(TrainConfig)}
         values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
         config = TrainConfig.from_dict(values, "command line")
