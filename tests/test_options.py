@@ -194,7 +194,9 @@ def test_train_starts_from_a_named_preset_and_flags_override_it(tmp_path, capsys
     written = tomllib.loads(saved.read_text())
     preset = get_preset(name).values
     assert written["steps"] == 7 != preset["steps"]
-    assert {k: written[k] for k in preset if k != "steps"} == {k: v for k, v in preset.items() if k != "steps"}
+    assert {k: written[k] for k in preset if k != "steps"} == {
+        k: v for k, v in preset.items() if k != "steps"
+    }
 
     capsys.readouterr()
     assert main(["train", "d", "--from-preset", "Style (SD 2)", "--save-config", str(saved)]) == 2

@@ -21,7 +21,9 @@ def dataset(tmp_path_factory):
 
 @pytest.mark.parametrize("disabled", [False, True], ids=["shown", "TQDM_DISABLE"])
 def test_progress_bars_show_unless_tqdm_disable_is_set(dataset, tmp_path, disabled):
-    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | ({"TQDM_DISABLE": "1"} if disabled else {})
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | (
+        {"TQDM_DISABLE": "1"} if disabled else {}
+    )
     out = tmp_path / "style.safetensors"
     args = ["train", str(dataset), "--output", str(out), "--resolution", "64", "--steps", "2", "--rank", "4"]
     command = [sys.executable, "-c", "import sys; from studio.cli import main; sys.exit(main(sys.argv[1:]))"]
