@@ -4,8 +4,9 @@
 #
 #   bench/run_blocks_gpu.sh OUT_DIR gen MODEL [generate_bench.py args...]
 #   bench/run_blocks_gpu.sh OUT_DIR train MODEL ROWS [train_bench.py args...]
+#   bench/run_blocks_gpu.sh OUT_DIR profile MODEL [generate_profile.py args...]   (one image split up)
 set -u -o pipefail
-out=${1:?usage: bench/run_blocks_gpu.sh OUT_DIR gen|train MODEL ...}; what=${2:?gen or train}; model=${3:?model}
+out=${1:?usage: bench/run_blocks_gpu.sh OUT_DIR gen|train|profile MODEL ...}; what=${2:?gen, train or profile}; model=${3:?model}
 shift 3
 if ! python3 -c "import diffusers, peft" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -21,6 +22,9 @@ if [ "$what" = gen ]; then
     python3 bench/generate_bench.py --model "$model" --counts 3 --skip-diffusers --skip-fused "$@" \
       --json "$out/$model-gen-$cache.json" 2>&1 | tee "$out/$model-gen-$cache.log" | quiet | grep -E "^\| ours compiled|^check (compile|graphs|eager|mean)|^\| (bare|ours) " 
   done
+elif [ "$what" = profile ]; then
+  python3 bench/generate_profile.py --model "$model" "$@" --json "$out/$model-profile.json" 2>&1 \
+    | tee "$out/$model-profile.log" | quiet | grep -E "s/img|kernel ms"
 else
   rows=${1:?rows}; shift
   python3 bench/train_bench.py --model "$model" --rows "$rows" "$@" --json "$out/$model-train.json" 2>&1 \

@@ -17,7 +17,16 @@ from torch import nn
 
 from studio.compile_cache import use_persistent_compile_cache
 
-BLOCKS = ("ResnetBlock2D", "BasicTransformerBlock")  # diffusers' UNet and VAE building blocks
+# diffusers' UNet and VAE building blocks, outermost first: a block inside one already compiled
+# (a BasicTransformerBlock inside its Transformer2DModel, the UNet's Attention) is compiled with it.
+BLOCKS = (
+    "Transformer2DModel",  # its blocks with the norm and projections around them
+    "BasicTransformerBlock",
+    "ResnetBlock2D",
+    "Downsample2D",
+    "Upsample2D",
+    "Attention",  # the VAE's mid-block attention
+)
 RECOMPILE_LIMIT = 64  # one graph per block shape: SD 1.5's UNet and VAE have about 30, SDXL's more
 
 
@@ -29,13 +38,26 @@ def compile_blocks(model: nn.Module) -> None:
     """
     use_persistent_compile_cache()
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    for module in model.modules():
-        if type(module).__name__ in BLOCKS:
-            module.compile(dynamic=False)
+    for module in outermost_blocks(model):
+        module.compile(dynamic=False)
 
 
 def uncompile_blocks(model: nn.Module) -> None:
     """The eager blocks back (their compiled graphs stay in dynamo's cache for a next session)."""
-    for module in model.modules():
-        if type(module).__name__ in BLOCKS:
-            module._compiled_call_impl = None
+    for module in outermost_blocks(model):
+        module._compiled_call_impl = None
+
+
+def outermost_blocks(model: nn.Module) -> list[nn.Module]:
+    """``model``'s modules of a ``BLOCKS`` type that no other such module contains."""
+    found: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            if type(child).__name__ in BLOCKS:
+                found.append(child)
+            else:
+                visit(child)
+
+    visit(model)
+    return found
