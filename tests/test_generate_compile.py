@@ -151,3 +151,20 @@ def test_parse():
     )
     with pytest.raises(StudioError, match="unknown compile mode 'fastest'"):
         FastPath.parse("fastest")
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_compiled_regions_are_outermost_and_cover_every_repeated_block(model):
+    """Each block is compiled once: inside a compiled region, or as one, never both."""
+    from studio.compile_blocks import BLOCKS, outermost_blocks
+    from studio.models.configs import build_components
+
+    components = build_components(model, "meta", torch.float16, with_vae=True)
+    for module in (components["unet"], components["vae"].decoder):
+        regions = outermost_blocks(module)
+        inside = {id(m) for region in regions for m in region.modules() if m is not region}
+        assert regions and not any(id(region) in inside for region in regions)
+        every = [m for m in module.modules() if type(m).__name__ in BLOCKS]
+        assert {id(m) for m in every} == {id(r) for r in regions} | (inside & {id(m) for m in every})
+    kinds = {type(r).__name__ for r in outermost_blocks(components["unet"])}
+    assert kinds == {"Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"}
