@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from common import build_pipeline, sync, timed, write_random_loras
 from generate_bench import blend, fast_path
-from kernel_profile import category
+from kernel_profile import by_category, kernel_ms, largest
 
 from studio.adapters import load_adapter
 from studio.generate import PLAIN, GenerationSession
@@ -83,22 +83,12 @@ def kernel_time(device: str, session: GenerationSession, settings: GenerationSet
         session.generate(settings)
         sync(device)
     wall_ms = (time.perf_counter() - started) * 1000
-    per_kernel: dict[str, float] = defaultdict(float)
-    for event in profiler.events():
-        if cuda and event.device_type == torch.autograd.DeviceType.CUDA:
-            per_kernel[event.name] += event.device_time / 1000
-        elif not cuda:
-            per_kernel[event.name] += event.self_cpu_time_total / 1000
-    totals: dict[str, float] = defaultdict(float)
-    for name, ms in per_kernel.items():
-        totals[category(name)] += ms
-    totals["GPU idle"] = max(0.0, wall_ms - sum(totals.values()))
-    largest = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:15]
+    per_kernel = kernel_ms(profiler)
     return {
         "wall_ms_profiled": wall_ms,
-        "by_category_ms": dict(totals),
+        "by_category_ms": by_category(per_kernel, wall_ms),
         "kernels": len(per_kernel),
-        "largest_kernels_ms": [(name[:100], ms) for name, ms in largest],
+        "largest_kernels_ms": largest(per_kernel, 15),
     }
 
 

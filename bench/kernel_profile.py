@@ -54,20 +54,9 @@ class KernelProfile:
             self._summarise()
 
     def _summarise(self) -> None:
-        per_kernel: dict[str, float] = {}
-        for event in self.profiler.events():
-            if CUDA and event.device_type == torch.autograd.DeviceType.CUDA:
-                per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.device_time / 1000
-            elif not CUDA:
-                per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.self_cpu_time_total / 1000
-        totals = dict.fromkeys([name for name, _ in CATEGORIES] + ["other"], 0.0)
-        for name, ms in per_kernel.items():
-            totals[category(name)] += ms
-        busy = sum(totals.values())
-        totals["GPU idle"] = max(0.0, self.wall * 1000 - busy)
-        self.ms = {k: v / self.steps for k, v in totals.items()}
-        largest = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
-        self.top = [(name[:90], ms / self.steps) for name, ms in largest]
+        per_kernel = kernel_ms(self.profiler)
+        self.ms = {k: v / self.steps for k, v in by_category(per_kernel, self.wall * 1000).items()}
+        self.top = [(name, ms / self.steps) for name, ms in largest(per_kernel, 12)]
 
     def summary(self) -> dict[str, Any]:
         step = sum(self.ms.values())
@@ -86,6 +75,30 @@ CUDA = torch.cuda.is_available()
 def _synchronize() -> None:
     if CUDA:
         torch.cuda.synchronize()
+
+
+def kernel_ms(profiler: Any) -> dict[str, float]:
+    """Each kernel's device time (ms) in a finished profile; each CPU operator's without CUDA."""
+    per_kernel: dict[str, float] = {}
+    for event in profiler.events():
+        if CUDA and event.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.device_time / 1000
+        elif not CUDA:
+            per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.self_cpu_time_total / 1000
+    return per_kernel
+
+
+def by_category(per_kernel: dict[str, float], wall_ms: float) -> dict[str, float]:
+    """Kernel ms summed by category, and "GPU idle": the wall time no kernel covers."""
+    totals = dict.fromkeys([name for name, _ in CATEGORIES] + ["other"], 0.0)
+    for name, ms in per_kernel.items():
+        totals[category(name)] += ms
+    totals["GPU idle"] = max(0.0, wall_ms - sum(totals.values()))
+    return totals
+
+
+def largest(per_kernel: dict[str, float], count: int) -> list[tuple[str, float]]:
+    return [(name[:90], ms) for name, ms in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:count]]
 
 
 def category(kernel: str) -> str:
